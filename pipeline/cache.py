@@ -1,0 +1,95 @@
+"""The content-addressed cache of pass outputs.
+
+An entry lives at ``<root>/<pass>/<key>/`` with its handle in ``handle.json``. A pass writes
+into ``<key>.partial/`` (kept across a kill, so long passes can resume from checkpoints in it)
+and the folder is renamed into place only when the pass returns: an entry either exists
+whole or not at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .contract import Pass
+from .handles import HANDLE_KINDS, Handle
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def step_key(p: Pass, inputs: dict[str, Handle | list[Handle]]) -> str:
+    """Hash of everything that determines a pass's output."""
+    input_keys = {port: [h.key for h in v] if isinstance(v, list) else v.key for port, v in sorted(inputs.items())}
+    payload = {
+        "pass": p.name,
+        "version": p.version,
+        "config": p.config.model_dump(mode="json"),
+        "inputs": input_keys,
+        "fingerprint": p.fingerprint(),
+        "packages": package_versions(p.packages),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _paths_exist(value: Any) -> bool:
+    if isinstance(value, Path):
+        return value.exists()
+    if isinstance(value, dict):
+        return all(_paths_exist(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_paths_exist(v) for v in value)
+    if isinstance(value, Handle):
+        return all(_paths_exist(getattr(value, f)) for f in type(value).model_fields)
+    return True
+
+
+class Cache:
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    def entry(self, pass_name: str, key: str) -> Path:
+        return self.root / pass_name / key
+
+    def lookup(self, pass_name: str, key: str) -> Handle | None:
+        """The finished handle for ``key``, or None; an entry whose files have vanished counts as missing."""
+        record = self.entry(pass_name, key) / "handle.json"
+        if not record.is_file():
+            return None
+        data = json.loads(record.read_text())
+        handle = HANDLE_KINDS[data.pop("kind")].model_validate(data)
+        return handle if _paths_exist(handle) else None
+
+    def work_dir(self, pass_name: str, key: str) -> Path:
+        work = self.entry(pass_name, key).with_name(f"{key}.partial")
+        work.mkdir(parents=True, exist_ok=True)
+        return work
+
+    def commit(self, pass_name: str, key: str, handle: Handle, work: Path) -> Handle:
+        """Move a finished pass's folder into place and return the handle pointing into it."""
+        final = self.entry(pass_name, key)
+        handle = handle.relocate(work, final).model_copy(update={"key": key})
+        write_json_atomic(work / "handle.json", {"kind": handle.kind, **handle.model_dump(mode="json")})
+        if final.exists():  # a forced re-run replaces the old entry
+            stale = final.with_name(f"{key}.stale{os.getpid()}")
+            os.replace(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(work, final)
+        return handle

@@ -1,0 +1,87 @@
+"""Handles: the small typed values that flow between passes.
+
+A handle points at files (in the cache or in a package's install folder), never at a live
+object, so any pass can be re-run, cached, resumed or shipped elsewhere. ``key`` is the
+cache key of the step that produced it: downstream keys are derived from it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Task = Literal["text-classification", "causal-lm", "image-classification"]
+
+
+class Handle(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: ClassVar[str]
+    key: str = ""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.kind = cls.__name__
+
+    def relocate(self, old: Path, new: Path) -> "Handle":
+        """The same handle with every path under ``old`` moved under ``new`` (a temp dir renamed into the cache)."""
+        old_s, new_s = str(old), str(new)
+
+        def move(value: Any) -> Any:
+            if isinstance(value, str) and (value == old_s or value.startswith(old_s + "/")):
+                return new_s + value[len(old_s):]
+            if isinstance(value, dict):
+                return {k: move(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [move(v) for v in value]
+            return value
+
+        return type(self).model_validate(move(self.model_dump(mode="json")))
+
+
+class HFModel(Handle):
+    """A Hugging Face model directory (config, weights, tokenizer) and its task."""
+
+    path: Path
+    task: Task
+    family: str
+    name: str
+    num_labels: int | None = None
+
+
+class Dataset(Handle):
+    """Seeded train / validation / test splits as JSONL files, each row with a stable ``id``."""
+
+    path: Path
+    task: Task
+    label_names: list[str] = []
+    sizes: dict[str, int]
+
+
+class Lowered(Handle):
+    """A model lowered to one target: its runtime files plus what was done to it and measured on it.
+
+    ``evaluate`` and ``benchmark`` return the same model with ``metrics`` and ``reports`` extended,
+    so a chain lower → quantize → evaluate → benchmark ends in one handle holding everything.
+    """
+
+    target: str
+    files: list[Path]
+    candidate: str
+    precision: str  # "fp32", "int8" or "mixed"
+    inference_precision: str  # what the runtime computes non-quantized ops in (f32 / bf16)
+    inputs: list[str]  # the graph's input names, in order
+    policy: dict[str, str] | None = None  # "layer.group" -> precision, resolved against the model
+    source: HFModel
+    metrics: dict[str, Any] = {}
+    reports: dict[str, Path] = {}
+
+
+class Artifact(Handle):
+    """A packaged run directory: candidates with their runtime files, metrics and model cards."""
+
+    path: Path
+    candidates: list[str]
+
+
+HANDLE_KINDS: dict[str, type[Handle]] = {h.kind: h for h in (HFModel, Dataset, Lowered, Artifact)}

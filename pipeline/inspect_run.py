@@ -1,0 +1,70 @@
+"""Summaries of a finished run directory: what ``tailorfit inspect`` prints."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import TailorfitError
+
+
+def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise TailorfitError(f"'{run_dir}' has no manifest.json, so it is not a tailorfit run directory", "give a folder like artifacts/<recipe name>")
+    manifest = json.loads(manifest_path.read_text())
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return manifest, metrics
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title="candidates (measured on each target)")
+    for col in ("candidate", "target", "weights", "infer", "quality", "95% CI", "latency median ms", "p90", "size MB", "x FP32 latency"):
+        table.add_column(col)
+    for cand, entry in metrics.items():
+        for target, m in entry["targets"].items():
+            if "accuracy" in m:
+                quality, ci = f"{m['accuracy'] * 100:.2f}%", "{:.1f}–{:.1f}".format(*(x * 100 for x in m["accuracy_ci95"]))
+            elif "perplexity" in m:
+                quality, ci = f"ppl {m['perplexity']:.2f}", "{:.2f}–{:.2f}".format(*m["perplexity_ci95"])
+            else:
+                quality, ci = "—", "—"
+            lat = m.get("latency", {})
+            med = " / ".join(f"{v['median_ms']:.2f}@{k}" for k, v in lat.items()) or "—"
+            p90 = " / ".join(f"{v['p90_ms']:.2f}" for v in lat.values()) or "—"
+            ratio = " / ".join(f"{v:.2f}" for v in m.get("latency_ratio_vs_baseline", {}).values()) or "—"
+            table.add_row(cand, target, m["precision"], m["inference_precision"], quality, ci, med, p90, f"{m['size_mb']:.1f}", ratio)
+    return table
+
+
+def wide_console(stderr: bool = False) -> Console:
+    """A console that does not wrap tables at 80 columns when writing to a file or pipe."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 200)
+
+
+def print_run(run_dir: str | Path, console: Console | None = None) -> None:
+    console = console or wide_console()
+    manifest, metrics = read_run(run_dir)
+    hits = sum(1 for s in manifest["steps"].values() if s.get("cache_hit"))
+    console.print(
+        f"[bold]{manifest['recipe_name']}[/bold]: {manifest['status']}, started {manifest['started']}, "
+        f"{manifest.get('seconds', '?')} s, {len(manifest['steps'])} steps ({hits} from cache), "
+        f"{manifest['threads']} threads on {manifest['host']['cpu']}"
+    )
+    steps = Table(title="steps")
+    for col in ("step", "pass", "cache", "seconds", "key"):
+        steps.add_column(col)
+    for sid in manifest["order"]:
+        s = manifest["steps"].get(sid)
+        if s:
+            steps.add_row(sid, s["pass"], "hit" if s["cache_hit"] else "run", f"{s.get('seconds', 0):.1f}", s["key"])
+    console.print(steps)
+    if metrics:
+        console.print(metrics_table(metrics))

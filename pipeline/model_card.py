@@ -1,0 +1,81 @@
+"""The README.md model card written beside every packaged candidate."""
+from __future__ import annotations
+
+from typing import Any
+
+_LOAD = {
+    "openvino-cpu": """```python
+import openvino as ov
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(".")
+model = ov.Core().compile_model("openvino/model.xml", "CPU", {{"INFERENCE_PRECISION_HINT": "{precision}"}})
+logits = model(dict(tok(["a gripping, funny film"], return_tensors="np")))[0]
+```""",
+    "onnxruntime-cpu": """```python
+import onnxruntime as ort
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(".")
+sess = ort.InferenceSession("onnx/model.onnx", providers=["CPUExecutionProvider"])
+names = {{i.name for i in sess.get_inputs()}}
+logits = sess.run(None, {{k: v for k, v in tok(["a gripping, funny film"], return_tensors="np").items() if k in names}})[0]
+```""",
+}
+
+
+def _fmt_ci(value: float, ci: list[float] | None, scale: float = 100, unit: str = "%") -> str:
+    if ci is None:
+        return f"{value * scale:.2f}{unit}"
+    return f"{value * scale:.2f}{unit} (95% CI {ci[0] * scale:.2f}–{ci[1] * scale:.2f})"
+
+
+def _quality(m: dict[str, Any]) -> str:
+    if "accuracy" in m:
+        return _fmt_ci(m["accuracy"], m.get("accuracy_ci95"))
+    if "perplexity" in m:
+        return f"perplexity {_fmt_ci(m['perplexity'], m.get('perplexity_ci95'), 1, '')}"
+    return "not evaluated"
+
+
+def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
+    host = entry["host"]
+    lines = [
+        f"# {entry['candidate']}",
+        "",
+        f"A {entry['family']} model for **{entry['task']}**, derived from `{entry['model']}` by tailorfit "
+        f"(recipe `{manifest.get('recipe_name', '?')}`), with one folder per deployment target.",
+        "",
+        "## Measured on the target",
+        f"Measured {entry['measured']} on {host['cpu']} ({host['logical_cores']} logical cores; {', '.join(host['isa']) or 'no AVX-512'}).",
+        "Every number below comes from the runtime that serves the files in the same row.",
+        "",
+        "| target | weights | inference precision | quality | latency median / p90 (ms) | size (MB) | vs FP32 baseline |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for target, m in entry["targets"].items():
+        lat = "; ".join(
+            f"seq {k}: {v['median_ms']:.2f} / {v['p90_ms']:.2f} ({v['threads']} thr{', BUSY' if v['busy'] else ''})" for k, v in m.get("latency", {}).items()
+        ) or "not measured"
+        versus = []
+        if "accuracy_change_vs_baseline" in m:
+            d = m["accuracy_change_vs_baseline"]
+            versus.append(f"accuracy {d['difference'] * 100:+.2f} pts (95% CI {d['ci_low'] * 100:+.2f}–{d['ci_high'] * 100:+.2f}, paired, n={d['n']})")
+        if "latency_ratio_vs_baseline" in m:
+            versus.append("latency x" + ", x".join(f"{r:.2f} (seq {k})" for k, r in m["latency_ratio_vs_baseline"].items()))
+        lines.append(f"| {target} | {m['precision']} | {m['inference_precision']} | {_quality(m)} | {lat} | {m['size_mb']:.1f} | {'; '.join(versus) or '—'} |")
+    lines += ["", "## How it was made", ""]
+    for sid in manifest.get("order", []):
+        step = manifest.get("steps", {}).get(sid) or {}
+        cfg = {k: v for k, v in step.get("config", {}).items() if v not in (None, {}, [])}
+        lines.append(f"- `{sid}` ({step.get('pass', '?')}): `{cfg}`")
+    policies = {t: m["policy"] for t, m in entry["targets"].items() if m.get("policy")}
+    if policies:
+        lines += ["", "Precision policy (layer.group → precision; `head` = linears outside the layers), verified against the runtime's own per-op precisions:", ""]
+        for t, p in policies.items():
+            fp32 = [k for k, v in p.items() if v == "fp32"]
+            lines.append(f"- {t}: int8 everywhere except: {', '.join(fp32) or 'nothing'}")
+    lines += ["", "## How to run it", ""]
+    for target, m in entry["targets"].items():
+        if target in _LOAD:
+            lines += [f"With {m['runtime']}:", "", _LOAD[target].format(precision=m["inference_precision"]), ""]
+    lines += ["`metrics.json` holds every number above and more; the run's `manifest.json` (two folders up) records versions, configs and cache keys."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,121 @@
+"""Loading Hugging Face models for a task, and the plain-tensor interface they are exported with."""
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import TailorfitError
+from .families import family_for
+from .handles import HFModel
+
+TASKS = ("text-classification", "causal-lm", "image-classification")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise TailorfitError(f"'{path}' has no config.json, so it is not a Hugging Face model folder", "point 'path' at the folder save_pretrained wrote")
+    return json.loads(cfg.read_text())
+
+
+def num_layers(config: dict[str, Any]) -> int:
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if key in config:
+            return int(config[key])
+    raise TailorfitError("the model config states no layer count", "add num_hidden_layers to config.json")
+
+
+def _auto_class(task: str):
+    import transformers as tf
+
+    return {
+        "text-classification": tf.AutoModelForSequenceClassification,
+        "causal-lm": tf.AutoModelForCausalLM,
+        "image-classification": tf.AutoModelForImageClassification,
+    }[task]
+
+
+def load_torch_model(handle: HFModel, **kwargs: Any) -> nn.Module:
+    """The model in fp32 eval mode, with the task head its handle names."""
+    model = _auto_class(handle.task).from_pretrained(handle.path, dtype=torch.float32, **kwargs)
+    return model.eval()
+
+
+def load_preprocessor(handle: HFModel):
+    if handle.task == "image-classification":
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(handle.path)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(handle.path)
+    if tok.pad_token is None:  # decoders often ship without one; padding is masked anyway
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def input_names(model: nn.Module, handle: HFModel) -> list[str]:
+    """The tensors the exported graph takes, in order."""
+    if handle.task == "image-classification":
+        return ["pixel_values"]
+    accepted = inspect.signature(model.forward).parameters
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in accepted and handle.family == "bert" and read_config(handle.path).get("type_vocab_size", 0) > 1:
+        names.append("token_type_ids")
+    return names
+
+
+class ExportWrapper(nn.Module):
+    """Positional tensors in, logits out: the signature every target lowers."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model = model
+        self.names = names
+        self.extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, tensors)), **self.extra).logits
+
+
+def example_inputs(handle: HFModel, model: nn.Module, names: list[str], batch: int = 2, seq: int = 16) -> tuple[torch.Tensor, ...]:
+    """Inputs to trace with; batch 2 because torch.export specialises a dimension of size 1."""
+    g = torch.Generator().manual_seed(0)
+    cfg = model.config
+    out = []
+    for n in names:
+        if n == "pixel_values":
+            size = cfg.image_size
+            out.append(torch.randn(batch, cfg.num_channels, size, size, generator=g))
+        elif n == "input_ids":
+            out.append(torch.randint(0, cfg.vocab_size, (batch, seq), generator=g))
+        elif n == "attention_mask":
+            mask = torch.ones(batch, seq, dtype=torch.long)
+            mask[1, seq // 2:] = 0  # a padded row, so masking is traced for real
+            out.append(mask)
+        else:
+            out.append(torch.zeros(batch, seq, dtype=torch.long))
+    return tuple(out)
+
+
+def model_facts(path: Path, task: str) -> dict[str, Any]:
+    """What can be known of a model folder without loading its weights."""
+    if task not in TASKS:
+        raise TailorfitError(f"unsupported task '{task}'", f"use one of: {', '.join(TASKS)}")
+    config = read_config(path)
+    family = family_for(config.get("model_type", "?"))
+    if task == "causal-lm" and family.kind != "decoder" or task != "causal-lm" and family.kind == "decoder":
+        raise TailorfitError(f"task '{task}' does not fit a {family.name} model", "use causal-lm for decoders, a classification task for encoders")
+    if task == "image-classification" and family.name != "vit" or task == "text-classification" and family.name == "vit":
+        raise TailorfitError(f"task '{task}' does not fit a {family.name} model", "use image-classification for ViT, text-classification for text encoders")
+    return {"family": family.name, "num_layers": num_layers(config), "model_type": config["model_type"], "task": task}
+
+
+def to_numpy_inputs(batch: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
+    return {n: np.asarray(batch[n]) for n in names}

@@ -1,0 +1,22 @@
+"""Confidence intervals for measured metrics: bootstrap over examples, paired when two models are compared."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+def bootstrap_ci(values: np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over per-example ``values``."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(resamples, len(values)))
+    stats = np.array([statistic(values[i]) for i in idx])
+    alpha = (1 - level) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Mean of ``a - b`` on the same examples with its bootstrap interval (e.g. accuracy drop vs a baseline)."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    low, high = bootstrap_ci(diff, resamples=resamples, level=level, seed=seed)
+    return {"difference": float(diff.mean()), "ci_low": low, "ci_high": high, "n": int(len(diff))}
