@@ -1,0 +1,84 @@
+"""evaluate: accuracy (classification) or perplexity (causal LM) of a lowered model, run on its target runtime.
+
+Consumes: ``Lowered`` and ``Dataset``. Produces: the same ``Lowered`` with ``metrics`` extended by
+the score, its bootstrap 95% interval and the number of examples, and ``reports["predictions"]``:
+per-example results keyed by the dataset row id, so any two models can be compared paired.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
+from tailorfit.pipeline.data import chunks, encode_rows, lm_batch, lm_windows, read_split
+from tailorfit.pipeline.handles import Dataset, Lowered
+from tailorfit.pipeline.models import load_preprocessor
+from tailorfit.pipeline.stats import bootstrap_ci
+from tailorfit.targets import get_target
+
+
+class EvaluateConfig(PassConfig):
+    split: Literal["train", "validation", "test"] = "test"
+    batch_size: int = Field(default=16, ge=1)
+    max_length: int = Field(default=128, ge=8, description="tokens per example (classification) or per window (causal-lm)")
+    max_windows: int | None = Field(default=None, ge=1, description="causal-lm: evaluate at most this many windows")
+    bootstrap: int = Field(default=1000, ge=100, description="bootstrap resamples for the confidence interval")
+
+
+class Evaluate(Pass):
+    name = "evaluate"
+    Config = EvaluateConfig
+    packages = ("openvino", "onnxruntime", "transformers")
+
+    def run(self, ctx: PassContext, model: Lowered, data: Dataset) -> Lowered:
+        run = get_target(model.target).session(model.files, ctx.threads, model.inference_precision)
+        tok = load_preprocessor(model.source)
+        rows = read_split(data, self.config.split)
+        path = ctx.work_dir / "predictions.jsonl"
+        if data.task == "causal-lm":
+            metrics, records = self._perplexity(run, tok, rows, ctx)
+        else:
+            metrics, records = self._accuracy(run, tok, rows, model, ctx)
+        with open(path, "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        ctx.log.info("%s %s on %s: %s", model.candidate, model.target, self.config.split, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+        return model.model_copy(update={"metrics": {**model.metrics, **metrics}, "reports": {**model.reports, "predictions": path}})
+
+    def _accuracy(self, run, tok, rows, model: Lowered, ctx: PassContext):
+        records = []
+        with ctx.progress(f"evaluating {model.candidate} on {model.target}", len(rows)) as bar:
+            for part in chunks(rows, self.config.batch_size):
+                logits = run(encode_rows(tok, part, model.inputs, self.config.max_length))
+                for r, lg in zip(part, logits):
+                    pred = int(np.argmax(lg))
+                    records.append({"id": r["id"], "label": r["label"], "prediction": pred, "correct": int(pred == r["label"])})
+                bar.advance(len(part))
+        correct = np.array([r["correct"] for r in records], dtype=float)
+        low, high = bootstrap_ci(correct, resamples=self.config.bootstrap, seed=ctx.seed)
+        return {"accuracy": float(correct.mean()), "accuracy_ci95": [low, high], "examples": len(records), "split": self.config.split}, records
+
+    def _perplexity(self, run, tok, rows, ctx: PassContext):
+        windows = lm_windows(tok, rows, self.config.max_length, self.config.max_windows)
+        records = []
+        with ctx.progress("perplexity windows", len(windows)) as bar:
+            for i, w in enumerate(windows):
+                logits = run(lm_batch(w[None]))[0].astype(np.float64)
+                shifted = logits[:-1] - logits[:-1].max(-1, keepdims=True)
+                logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+                nll = -logp[np.arange(len(w) - 1), w[1:]]
+                records.append({"id": i, "nll_sum": float(nll.sum()), "tokens": int(len(nll))})
+                bar.advance(1)
+        nll = np.array([r["nll_sum"] for r in records])
+        tokens = np.array([r["tokens"] for r in records], dtype=float)
+        ppl = math.exp(nll.sum() / tokens.sum())
+        # windows have equal length, so the mean over windows is the per-token mean
+        low, high = bootstrap_ci(nll / tokens, statistic=lambda v: math.exp(v.mean()), resamples=self.config.bootstrap, seed=ctx.seed)
+        return {
+            "perplexity": ppl, "perplexity_ci95": [low, high], "windows": len(records), "window_tokens": self.config.max_length,
+            "tokens": int(tokens.sum()), "split": self.config.split,
+        }, records

@@ -1,0 +1,121 @@
+"""package: the deployable artifact directory.
+
+Consumes: every final ``Lowered`` branch of the run. Produces: ``Artifact`` — ``<run>/candidates/<id>/``
+with one folder per target (OpenVINO IR, ONNX), the tokenizer and config, ``metrics.json`` (everything
+measured, plus paired comparisons against the FP32 baseline on the same target) and a ``README.md``
+model card. The run's ``manifest.json`` sits beside it. Built in a temp folder and swapped in whole.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
+from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.handles import Artifact, Lowered
+from tailorfit.pipeline.host import host_info
+from tailorfit.pipeline.model_card import model_card
+from tailorfit.pipeline.models import load_preprocessor
+from tailorfit.pipeline.stats import paired_difference
+from tailorfit.targets import get_target
+
+
+class PackageConfig(PassConfig):
+    link: bool = True  # hard-link runtime files from the cache instead of copying them (same bytes, no extra disk)
+
+
+class Package(Pass):
+    name = "package"
+    Config = PackageConfig
+    cached = False  # it writes into the run directory, which is not content-addressed
+
+    def run(self, ctx: PassContext, models: list[Lowered]) -> Artifact:
+        groups: dict[str, dict[str, Lowered]] = {}
+        for m in models:
+            if m.target in groups.setdefault(m.candidate, {}):
+                raise TailorfitError(f"two branches produce candidate '{m.candidate}' for {m.target}", "give the branches different policies or precisions")
+            groups[m.candidate][m.target] = m
+        tmp = ctx.run_dir / ".candidates.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        summary = {}
+        for cand, by_target in sorted(groups.items()):
+            folder = tmp / cand
+            folder.mkdir()
+            source = next(iter(by_target.values())).source
+            load_preprocessor(source).save_pretrained(folder)
+            shutil.copy2(source.path / "config.json", folder / "config.json")
+            entry: dict[str, Any] = {"candidate": cand, "model": source.name, "task": source.task, "family": source.family, "measured": when, "host": host_info(), "targets": {}}
+            for target_name, m in sorted(by_target.items()):
+                target = get_target(target_name)
+                dest = folder / target.folder
+                dest.mkdir()
+                for f in m.files:
+                    _place(f, dest / f.name, self.config.link)
+                metrics = {
+                    "runtime": target.runtime, "files": [f"{target.folder}/{f.name}" for f in m.files],
+                    "size_mb": round(sum(f.stat().st_size for f in m.files) / 2**20, 3),
+                    "precision": m.precision, "inference_precision": m.inference_precision, "policy": m.policy, **m.metrics,
+                    **_versus_baseline(m, groups),
+                }
+                entry["targets"][target_name] = metrics
+            (folder / "metrics.json").write_text(json.dumps(entry, indent=2, default=str))
+            (folder / "README.md").write_text(model_card(entry, ctx.extras.get("manifest", {})))
+            summary[cand] = entry
+        final = ctx.run_dir / "candidates"
+        if final.exists():
+            old = ctx.run_dir / ".candidates.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            shutil.rmtree(old)
+        os.replace(tmp, final)
+        (ctx.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+        ctx.log.info("packaged %d candidates in %s", len(summary), final)
+        return Artifact(path=ctx.run_dir, candidates=sorted(summary))
+
+
+def _place(src: Path, dst: Path, link: bool) -> None:
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass  # another filesystem: fall back to a copy
+    shutil.copy2(src, dst)
+
+
+def _baseline(m: Lowered, groups: dict[str, dict[str, Lowered]]) -> Lowered | None:
+    """The unquantized f32 model of the same source on the same target, if the run has one."""
+    for by_target in groups.values():
+        b = by_target.get(m.target)
+        if b is not None and b is not m and b.precision == "fp32" and b.inference_precision == "f32" and b.source.key == m.source.key:
+            return b
+    return None
+
+
+def _versus_baseline(m: Lowered, groups: dict[str, dict[str, Lowered]]) -> dict[str, Any]:
+    base = _baseline(m, groups)
+    if base is None:
+        return {}
+    out: dict[str, Any] = {"baseline": base.candidate}
+    if "latency" in m.metrics and "latency" in base.metrics:
+        out["latency_ratio_vs_baseline"] = {
+            k: round(v["median_ms"] / base.metrics["latency"][k]["median_ms"], 4) for k, v in m.metrics["latency"].items() if k in base.metrics["latency"]
+        }
+    if "predictions" in m.reports and "predictions" in base.reports and "accuracy" in m.metrics:
+        mine, theirs = _correct_by_id(m.reports["predictions"]), _correct_by_id(base.reports["predictions"])
+        ids = sorted(set(mine) & set(theirs))
+        out["accuracy_change_vs_baseline"] = paired_difference(np.array([mine[i] for i in ids]), np.array([theirs[i] for i in ids]))
+    return out
+
+
+def _correct_by_id(path: Path) -> dict[int, int]:
+    with open(path) as f:
+        return {r["id"]: r["correct"] for r in map(json.loads, f)}
