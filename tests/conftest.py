@@ -1,0 +1,112 @@
+"""Tiny models and data built in code, so tests need no download."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+POSITIVE = "good great fine lovely superb brilliant moving funny charming warm".split()
+NEGATIVE = "bad awful dull boring poor weak clumsy tedious bland flat".split()
+FILLER = "the film movie plot story acting cast is was a an and very quite really".split()
+
+
+def make_sentences(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 9))]
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": "pos" if label else "neg", "source": "synthetic"})
+    return rows
+
+
+def _tokenizer(folder: Path, kind: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "</s>"] + sorted(set(POSITIVE + NEGATIVE + FILLER))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if kind == "bert":
+        tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    else:
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", eos_token="</s>")
+    fast.save_pretrained(folder)
+    return len(vocab)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT encoder without a task head, like the default model."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = _tokenizer(folder, "bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer LLaMA decoder with grouped-query attention."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    vocab = _tokenizer(folder, "llama")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        max_position_embeddings=128, eos_token_id=5, pad_token_id=0, bos_token_id=5,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sentences_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "sentences.csv"
+    import csv
+
+    rows = make_sentences(400)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "label", "source"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_jsonl(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("lm") / "text.jsonl"
+    with open(path, "w") as f:
+        for r in make_sentences(300, seed=1):
+            f.write(json.dumps({"text": r["text"]}) + "\n")
+    return path
+
+
+def classification_recipe(model: Path, data: Path, name: str = "tiny", targets=("openvino-cpu", "onnxruntime-cpu"), policy="int8") -> dict:
+    """A full lower/quantize/evaluate/benchmark/package recipe on the tiny BERT, kept short."""
+    steps = [
+        {"id": "model", "pass": "load", "config": {"path": str(model), "task": "text-classification", "name": "tiny"}},
+        {"id": "data", "pass": "dataset", "config": {"path": str(data)}},
+        {"id": "finetune", "pass": "finetune", "config": {"epochs": 1, "max_steps": 6, "batch_size": 16, "max_length": 32, "checkpoint_every": 2}},
+    ]
+    for t in targets:
+        short = t.split("-")[0]
+        steps += [
+            {"id": f"{short}-fp32", "pass": "lower", "inputs": {"model": "finetune"}, "config": {"target": t}},
+            {"id": f"{short}-fp32-eval", "pass": "evaluate", "config": {"max_length": 32, "bootstrap": 200}},
+            {"id": f"{short}-fp32-bench", "pass": "benchmark", "config": {"sequence_lengths": [16], "runs": 50, "warmup": 2, "attempts": 1}},
+            {"id": f"{short}-int8", "pass": "quantize", "inputs": {"model": f"{short}-fp32"}, "config": {"policy": policy, "calibration_samples": 16, "max_length": 32}},
+            {"id": f"{short}-int8-eval", "pass": "evaluate", "config": {"max_length": 32, "bootstrap": 200}},
+            {"id": f"{short}-int8-bench", "pass": "benchmark", "config": {"sequence_lengths": [16], "runs": 50, "warmup": 2, "attempts": 1}},
+        ]
+    steps.append({"id": "package", "pass": "package"})
+    return {"name": name, "seed": 0, "threads": 2, "steps": steps}

@@ -1,0 +1,109 @@
+"""Whole recipes through package, the cache on a second run, and the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import classification_recipe
+from tailorfit.pipeline import read_run, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def classification_run(tiny_bert, sentences_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    first = run_pipeline(classification_recipe(tiny_bert, sentences_csv), out=out, quiet=True)
+    return out, first
+
+
+def test_artifact_layout_and_metrics(classification_run):
+    out, result = classification_run
+    run_dir = result.run_dir
+    manifest, metrics = read_run(run_dir)
+    assert manifest["status"] == "finished"
+    assert set(metrics) == {"tiny-fp32", "tiny-int8"}
+    for cand, entry in metrics.items():
+        folder = run_dir / "candidates" / cand
+        assert (folder / "openvino" / "model.xml").is_file() and (folder / "openvino" / "model.bin").is_file()
+        assert (folder / "onnx" / "model.onnx").is_file()
+        assert (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file()
+        card = (folder / "README.md").read_text()
+        assert "openvino-cpu" in card and "onnxruntime-cpu" in card and "import openvino" in card
+        for target, m in entry["targets"].items():
+            assert 0 <= m["accuracy"] <= 1 and m["accuracy_ci95"][0] <= m["accuracy"] <= m["accuracy_ci95"][1]
+            assert m["examples"] == 40
+            lat = m["latency"]["16"]
+            assert lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"] <= lat["max_ms"]
+            assert lat["threads"] == 2 and lat["inference_precision"] == "f32" and lat["runs"] == 50
+            assert m["size_mb"] > 0
+    int8 = metrics["tiny-int8"]["targets"]
+    for target in ("openvino-cpu", "onnxruntime-cpu"):
+        assert int8[target]["int8_linears"] > 0 and int8[target]["fp32_linears"] == 0
+        change = int8[target]["accuracy_change_vs_baseline"]
+        assert change["n"] == 40 and change["ci_low"] <= change["difference"] <= change["ci_high"]
+    # weights shrink; on a model this tiny OpenVINO's larger graph description (.xml) eats the saving in total size
+    weights = {c: (run_dir / "candidates" / c / "openvino" / "model.bin").stat().st_size for c in metrics}
+    assert weights["tiny-int8"] < 0.5 * weights["tiny-fp32"]
+    assert int8["onnxruntime-cpu"]["size_mb"] < 0.5 * metrics["tiny-fp32"]["targets"]["onnxruntime-cpu"]["size_mb"]
+    assert manifest["host"]["cpu"] and manifest["packages"]["openvino"] and manifest["inputs"]["model"]
+
+
+def test_second_run_hits_the_cache_and_force_reruns_downstream(classification_run, tiny_bert, sentences_csv):
+    out, first = classification_run
+    second = run_pipeline(classification_recipe(tiny_bert, sentences_csv), out=out, quiet=True)
+    hits = {sid: s["cache_hit"] for sid, s in second.manifest["steps"].items()}
+    assert all(hits[s] for s in hits if s != "package")
+    assert second.outputs["openvino-int8"].key == first.outputs["openvino-int8"].key
+    forced = run_pipeline(classification_recipe(tiny_bert, sentences_csv), out=out, quiet=True, force=["openvino-int8"])
+    hits = {sid: s["cache_hit"] for sid, s in forced.manifest["steps"].items()}
+    assert not hits["openvino-int8"] and not hits["openvino-int8-eval"] and not hits["openvino-int8-bench"]
+    assert hits["openvino-fp32"] and hits["onnxruntime-int8"] and hits["finetune"]
+
+
+def test_mixed_policy_recipe_keeps_named_layers_fp32(tiny_bert, sentences_csv, tmp_path):
+    recipe = classification_recipe(tiny_bert, sentences_csv, name="mixed", targets=("openvino-cpu",), policy={"layers": {"1": "fp32"}})
+    result = run_pipeline(recipe, out=tmp_path, quiet=True)
+    handle = result.outputs["openvino-int8"]
+    assert handle.precision == "mixed" and handle.candidate.startswith("tiny-mixed-")
+    report = json.loads(handle.reports["precision"].read_text())
+    kept = [r for r in report["nodes"] if r["policy"] == "fp32" and r["linear"]]
+    assert len(kept) == 6 and all(r["runtime"] == "fp32" for r in kept)
+    assert report["fp32_linears"] == 6 and report["int8_linears"] >= 6
+
+
+def test_causal_lm_recipe_reports_perplexity(tiny_llama, text_jsonl, tmp_path):
+    recipe = {
+        "name": "lm", "threads": 2,
+        "steps": [
+            {"id": "model", "pass": "load", "config": {"path": str(tiny_llama), "task": "causal-lm", "name": "llama"}},
+            {"id": "data", "pass": "dataset", "config": {"path": str(text_jsonl), "task": "causal-lm"}},
+            {"id": "ort", "pass": "lower", "config": {"target": "onnxruntime-cpu"}},
+            {"id": "ort-eval", "pass": "evaluate", "config": {"max_length": 32}},
+            {"id": "ort-q", "pass": "quantize", "inputs": {"model": "ort"}, "config": {"policy": "int8", "calibration_samples": 8, "max_length": 32}},
+            {"id": "ort-q-eval", "pass": "evaluate", "config": {"max_length": 32}},
+            {"id": "package", "pass": "package"},
+        ],
+    }
+    result = run_pipeline(recipe, out=tmp_path, quiet=True)
+    _, metrics = read_run(result.run_dir)
+    fp32 = metrics["llama-fp32"]["targets"]["onnxruntime-cpu"]
+    vocab = 42
+    assert 1 < fp32["perplexity"] < 2 * vocab  # a random model is near-uniform over the vocabulary
+    assert fp32["windows"] > 3 and fp32["window_tokens"] == 32
+    assert metrics["llama-int8"]["targets"]["onnxruntime-cpu"]["int8_linears"] > 0
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tailorfit.pipeline.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_cli_inspect_passes_targets(classification_run):
+    out, result = classification_run
+    r = _cli("inspect", str(result.run_dir))
+    assert r.returncode == 0 and "tiny-int8" in r.stdout and "openvino-cpu" in r.stdout
+    r = _cli("passes")
+    assert r.returncode == 0 and "quantize" in r.stdout and "calibration_samples" in r.stdout
+    r = _cli("targets")
+    assert r.returncode == 0 and "openvino-cpu" in r.stdout and "onnxruntime-cpu" in r.stdout

@@ -1,0 +1,116 @@
+"""Recipes are validated completely before anything runs."""
+from __future__ import annotations
+
+import pytest
+
+from tailorfit.pipeline import Pipeline, TailorfitError, load_recipe
+from tailorfit.pipeline.contract import all_passes
+
+
+def build(steps, **extra):
+    recipe, _ = load_recipe({"name": "t", "steps": steps, **extra})
+    return Pipeline(recipe)
+
+
+def test_every_pass_declares_config_ports_output_and_docstring():
+    import sys
+
+    passes = all_passes()
+    assert {"load", "dataset", "finetune", "lower", "quantize", "evaluate", "benchmark", "package"} <= set(passes)
+    for name, cls in passes.items():
+        assert cls.produces().kind
+        assert "Consumes" in sys.modules[cls.__module__].__doc__ and "Produces" in sys.modules[cls.__module__].__doc__, name
+
+
+def test_auto_wiring_follows_branches(tiny_bert, sentences_csv):
+    pipe = build([
+        {"id": "m", "pass": "load", "config": {"path": str(tiny_bert)}},
+        {"id": "d", "pass": "dataset", "config": {"path": str(sentences_csv)}},
+        {"id": "ov", "pass": "lower", "config": {"target": "openvino-cpu"}},
+        {"id": "ov-e", "pass": "evaluate"},
+        {"id": "ort", "pass": "lower", "inputs": {"model": "m"}, "config": {"target": "onnxruntime-cpu"}},
+        {"id": "ort-q", "pass": "quantize"},
+        {"id": "pkg", "pass": "package"},
+    ])
+    nodes = pipe.nodes
+    assert nodes["ov"].wiring == {"model": ["m"]}
+    assert nodes["ov-e"].wiring == {"model": ["ov"], "data": ["d"]}
+    assert nodes["ort-q"].wiring == {"model": ["ort"], "data": ["d"]}
+    assert sorted(nodes["pkg"].wiring["models"]) == ["ort-q", "ov-e"]  # the last handle of each branch
+    assert pipe.order.index("pkg") == len(pipe.order) - 1
+
+
+@pytest.mark.parametrize(
+    "steps, message",
+    [
+        ([{"pass": "shrink"}], "unknown pass 'shrink'"),
+        ([{"pass": "dataset", "config": {"path": "x.csv", "fractions": "many"}}], "field 'fractions'"),
+        ([{"pass": "dataset", "config": {"path": "x.csv", "colour": 1}}], "field 'colour'"),
+        ([{"pass": "evaluate"}], "needs a Lowered input but no earlier step produces one"),
+        ([{"pass": "lower", "config": {"target": "tpu"}}], "unknown target 'tpu'"),
+        ([{"id": "a", "pass": "lower", "inputs": {"model": "nope"}, "config": {"target": "openvino-cpu"}}], "'nope', which is not a step id"),
+        ([{"id": "a", "pass": "load", "config": {"path": "/nonexistent/model"}}, {"id": "a", "pass": "load", "config": {"path": "/x"}}], "two recipe steps have the id 'a'"),
+    ],
+)
+def test_malformed_recipes_fail_at_load(steps, message):
+    with pytest.raises(TailorfitError, match=message):
+        build(steps)
+
+
+def test_cycle_is_caught():
+    steps = [
+        {"id": "a", "pass": "evaluate", "inputs": {"model": "b", "data": "b"}},
+        {"id": "b", "pass": "evaluate", "inputs": {"model": "a", "data": "a"}},
+    ]
+    with pytest.raises(TailorfitError, match="needs a Dataset but step 'b' produces a Lowered"):
+        build(steps)
+    steps = [
+        {"id": "q1", "pass": "benchmark", "inputs": {"model": "q2"}},
+        {"id": "q2", "pass": "benchmark", "inputs": {"model": "q1"}},
+    ]
+    with pytest.raises(TailorfitError, match="cycle"):
+        build(steps)
+
+
+def test_input_of_wrong_kind_is_caught(tiny_bert):
+    with pytest.raises(TailorfitError, match="needs a Lowered but step 'm' produces a HFModel"):
+        build([{"id": "m", "pass": "load", "config": {"path": str(tiny_bert)}}, {"pass": "benchmark", "inputs": {"model": "m"}}])
+
+
+def test_model_problems_are_caught_before_running(tiny_bert, tmp_path):
+    with pytest.raises(TailorfitError, match="model path '/nonexistent/model' does not exist"):
+        build([{"pass": "load", "config": {"path": "/nonexistent/model"}}])
+    with pytest.raises(TailorfitError, match="task 'causal-lm' does not fit a bert model"):
+        build([{"pass": "load", "config": {"path": str(tiny_bert), "task": "causal-lm"}}])
+    (tmp_path / "config.json").write_text('{"model_type": "mamba", "num_hidden_layers": 2}')
+    with pytest.raises(TailorfitError, match="unsupported architecture 'mamba'.*supported families: bert"):
+        build([{"pass": "load", "config": {"path": str(tmp_path)}}])
+
+
+def test_policy_naming_a_missing_layer_is_caught_before_running(tiny_bert, sentences_csv):
+    steps = [
+        {"id": "m", "pass": "load", "config": {"path": str(tiny_bert)}},
+        {"id": "d", "pass": "dataset", "config": {"path": str(sentences_csv)}},
+        {"id": "ov", "pass": "lower", "config": {"target": "openvino-cpu"}},
+        {"id": "q", "pass": "quantize", "config": {"policy": {"layers": {"7": "fp32"}}}},
+    ]
+    with pytest.raises(TailorfitError, match="names layer 7, but the model has 2 layers"):
+        build(steps)
+
+
+def test_force_matches_steps_and_passes(tiny_bert):
+    pipe = build([
+        {"id": "m", "pass": "load", "config": {"path": str(tiny_bert)}},
+        {"id": "ov", "pass": "lower", "config": {"target": "openvino-cpu"}},
+        {"id": "b", "pass": "benchmark"},
+    ])
+    assert pipe.downstream(pipe.steps_matching("lower")) == {"ov", "b"}
+    with pytest.raises(TailorfitError, match="matches no step"):
+        pipe.steps_matching("distil")
+
+
+def test_embedded_default_recipe_is_valid():
+    recipe, _ = load_recipe(None)
+    pipe = Pipeline(recipe)
+    assert pipe.order[0] == "model" and pipe.order[-1] == "package"
+    assert len(pipe.nodes["package"].wiring["models"]) == 4

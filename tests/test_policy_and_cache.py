@@ -1,0 +1,73 @@
+"""QuantizationPolicy resolution and the content-addressed cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tailorfit.pipeline import HFModel, QuantizationPolicy, TailorfitError
+from tailorfit.pipeline.cache import Cache, step_key
+from tailorfit.pipeline.contract import get_pass
+from tailorfit.pipeline.families import family_for
+
+
+def test_policy_resolution_specific_keys_win():
+    p = QuantizationPolicy(default="int8", head="fp32", layers={"1": "fp32", "*.ffn_down": "fp32", "1.qkv": "int8"})
+    r = p.resolve(3)
+    assert r["0.qkv"] == "int8" and r["0.ffn_down"] == "fp32"
+    assert r["1.qkv"] == "int8" and r["1.attn_out"] == "fp32"
+    assert r["2.ffn_up"] == "int8" and r["head"] == "fp32"
+    assert len(r) == 3 * 4 + 1
+
+
+def test_policy_rejects_bad_keys_and_layers():
+    with pytest.raises(ValidationError):
+        QuantizationPolicy(layers={"0.mlp": "fp32"})
+    with pytest.raises(ValidationError):
+        QuantizationPolicy(layers={"0": "int4"})
+    with pytest.raises(TailorfitError, match="names layer 5"):
+        QuantizationPolicy(layers={"5.qkv": "fp32"}).resolve(4)
+
+
+@pytest.mark.parametrize(
+    "model_type, module, expected",
+    [
+        ("bert", "bert.encoder.layer.3.attention.self.key", (3, "qkv", True)),
+        ("bert", "bert.encoder.layer.3.attention.self", (3, "qkv", False)),
+        ("bert", "bert.encoder.layer.0.output.dense", (0, "ffn_down", True)),
+        ("bert", "classifier", None),
+        ("llama", "model.layers.1.mlp.gate_proj", (1, "ffn_up", True)),
+        ("qwen2", "model.layers.11.self_attn.o_proj", (11, "attn_out", True)),
+        ("gpt2", "transformer.h.2.mlp.c_proj", (2, "ffn_down", True)),
+        ("vit", "vit.encoder.layer.5.attention.attention.value", (5, "qkv", True)),
+    ],
+)
+def test_families_classify_modules(model_type, module, expected):
+    assert family_for(model_type).classify(module) == expected
+
+
+def _handle(tmp_path: Path, key: str = "k0") -> HFModel:
+    return HFModel(path=tmp_path, task="text-classification", family="bert", name="m", key=key)
+
+
+def test_key_depends_on_config_and_inputs(tmp_path):
+    bench = get_pass("benchmark")
+    cfg = bench.Config()
+    a = step_key(bench(cfg), {"model": _handle(tmp_path)})
+    assert a == step_key(bench(cfg), {"model": _handle(tmp_path)})
+    assert a != step_key(bench(bench.Config(runs=60)), {"model": _handle(tmp_path)})
+    assert a != step_key(bench(cfg), {"model": _handle(tmp_path, "k1")})
+
+
+def test_commit_is_atomic_and_relocates_paths(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    work = cache.work_dir("load", "abc")
+    (work / "model").mkdir()
+    assert cache.lookup("load", "abc") is None  # a partial folder is not an entry
+    handle = cache.commit("load", "abc", _handle(work / "model"), work)
+    assert handle.path == cache.entry("load", "abc") / "model" and handle.key == "abc"
+    assert not work.exists()
+    assert cache.lookup("load", "abc") == handle
+    (handle.path).rmdir()
+    assert cache.lookup("load", "abc") is None  # vanished files make the entry a miss
