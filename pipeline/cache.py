@@ -29,15 +29,15 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def step_key(p: Pass, inputs: dict[str, Handle | list[Handle]]) -> str:
-    """Hash of everything that determines a pass's output."""
+def step_key(p: Pass, inputs: dict[str, Handle | list[Handle]], fingerprint: str) -> str:
+    """Hash of everything that determines a pass's output; ``fingerprint`` is ``p.fingerprint()``, computed once by the caller."""
     input_keys = {port: [h.key for h in v] if isinstance(v, list) else v.key for port, v in sorted(inputs.items())}
     payload = {
         "pass": p.name,
         "version": p.version,
         "config": p.config.model_dump(mode="json"),
         "inputs": input_keys,
-        "fingerprint": p.fingerprint(),
+        "fingerprint": fingerprint,
         "packages": package_versions(p.packages),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]

@@ -49,9 +49,13 @@ def load_torch_model(handle: HFModel, **kwargs: Any) -> nn.Module:
 
 def load_preprocessor(handle: HFModel):
     if handle.task == "image-classification":
-        from transformers import AutoImageProcessor
+        import transformers
 
-        return AutoImageProcessor.from_pretrained(handle.path)
+        # AutoImageProcessor and the default processors need torchvision, which cannot sit beside this torch:
+        # use the PIL-based variant of the processor class the folder names.
+        config = json.loads((handle.path / "preprocessor_config.json").read_text())
+        name = config.get("image_processor_type", "ViTImageProcessor").removesuffix("Fast").removesuffix("Pil")
+        return getattr(transformers, f"{name}Pil").from_pretrained(handle.path)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(handle.path)

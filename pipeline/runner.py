@@ -78,10 +78,11 @@ def run_pipeline(
             node = pipe.nodes[sid]
             p = node.pass_
             inputs: dict[str, Any] = {port: [outputs[u] for u in ups] if _is_many(p, port) else outputs[ups[0]] for port, ups in node.wiring.items()}
-            key = step_key(p, inputs)
+            fingerprint = p.fingerprint()  # hashes whole model folders: once per step
+            key = step_key(p, inputs, fingerprint)
             record: dict[str, Any] = {"pass": p.name, "config": p.config.model_dump(mode="json"), "inputs": node.wiring, "key": key}
-            if p.fingerprint():
-                manifest["inputs"][sid] = p.fingerprint()
+            if fingerprint:
+                manifest["inputs"][sid] = fingerprint
             handle = cache.lookup(p.name, key) if p.cached and sid not in forced else None
             record["cache_hit"] = handle is not None
             t0 = time.perf_counter()

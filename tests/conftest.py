@@ -110,3 +110,30 @@ def classification_recipe(model: Path, data: Path, name: str = "tiny", targets=(
         ]
     steps.append({"id": "package", "pass": "package"})
     return {"name": name, "seed": 0, "threads": 2, "steps": steps}
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer ViT classifier for 8x8 images, with its image processor."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+    folder = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=10)
+    ViTForImageClassification(cfg).save_pretrained(folder)
+    # digits pixels are 0..16: rescale to 0..1, then normalise
+    ViTImageProcessorPil(size={"height": 8, "width": 8}, do_resize=False, rescale_factor=1 / 16, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def digits_jsonl(tmp_path_factory) -> Path:
+    """scikit-learn's bundled 8x8 digits as nested pixel lists."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    path = tmp_path_factory.mktemp("digits") / "digits.jsonl"
+    with open(path, "w") as f:
+        for image, label in zip(digits.images[:300], digits.target[:300]):
+            f.write(json.dumps({"image": image.tolist(), "label": int(label)}) + "\n")
+    return path

@@ -107,3 +107,26 @@ def test_cli_inspect_passes_targets(classification_run):
     assert r.returncode == 0 and "quantize" in r.stdout and "calibration_samples" in r.stdout
     r = _cli("targets")
     assert r.returncode == 0 and "openvino-cpu" in r.stdout and "onnxruntime-cpu" in r.stdout
+
+
+def test_image_classification_recipe(tiny_vit, digits_jsonl, tmp_path):
+    recipe = {
+        "name": "vit", "threads": 2,
+        "steps": [
+            {"id": "model", "pass": "load", "config": {"path": str(tiny_vit), "task": "image-classification", "name": "vit"}},
+            {"id": "data", "pass": "dataset", "config": {"path": str(digits_jsonl), "task": "image-classification"}},
+            {"id": "ft", "pass": "finetune", "config": {"max_steps": 3, "batch_size": 16}},
+            {"id": "ov", "pass": "lower", "config": {"target": "openvino-cpu"}},
+            {"id": "ov-q", "pass": "quantize", "config": {"policy": {"layers": {"0.ffn_up": "fp32"}}, "calibration_samples": 8}},
+            {"id": "ov-q-eval", "pass": "evaluate"},
+            {"id": "ov-q-bench", "pass": "benchmark", "config": {"runs": 50, "warmup": 2, "attempts": 1}},
+            {"id": "package", "pass": "package"},
+        ],
+    }
+    result = run_pipeline(recipe, out=tmp_path, quiet=True)
+    _, metrics = read_run(result.run_dir)
+    (cand,) = metrics
+    m = metrics[cand]["targets"]["openvino-cpu"]
+    assert m["examples"] == 30 and 0 <= m["accuracy"] <= 1
+    assert m["fp32_linears"] == 1 and m["int8_linears"] >= 8
+    assert "image" in m["latency"]

@@ -54,10 +54,11 @@ def _handle(tmp_path: Path, key: str = "k0") -> HFModel:
 def test_key_depends_on_config_and_inputs(tmp_path):
     bench = get_pass("benchmark")
     cfg = bench.Config()
-    a = step_key(bench(cfg), {"model": _handle(tmp_path)})
-    assert a == step_key(bench(cfg), {"model": _handle(tmp_path)})
-    assert a != step_key(bench(bench.Config(runs=60)), {"model": _handle(tmp_path)})
-    assert a != step_key(bench(cfg), {"model": _handle(tmp_path, "k1")})
+    a = step_key(bench(cfg), {"model": _handle(tmp_path)}, "")
+    assert a == step_key(bench(cfg), {"model": _handle(tmp_path)}, "")
+    assert a != step_key(bench(bench.Config(runs=60)), {"model": _handle(tmp_path)}, "")
+    assert a != step_key(bench(cfg), {"model": _handle(tmp_path, "k1")}, "")
+    assert a != step_key(bench(cfg), {"model": _handle(tmp_path)}, "other input bytes")
 
 
 def test_commit_is_atomic_and_relocates_paths(tmp_path):
