@@ -45,6 +45,8 @@ class Package(Pass):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        manifest = ctx.extras.get("manifest", {})
+        steps_by_key = {s["key"]: sid for sid, s in manifest.get("steps", {}).items()}
         summary = {}
         for cand, by_target in sorted(groups.items()):
             folder = tmp / cand
@@ -60,14 +62,14 @@ class Package(Pass):
                 for f in m.files:
                     _place(f, dest / f.name, self.config.link)
                 metrics = {
-                    "runtime": target.runtime, "files": [f"{target.folder}/{f.name}" for f in m.files],
+                    "step": steps_by_key.get(m.key, ""), "runtime": target.runtime, "files": [f"{target.folder}/{f.name}" for f in m.files],
                     "size_mb": round(sum(f.stat().st_size for f in m.files) / 2**20, 3),
                     "precision": m.precision, "inference_precision": m.inference_precision, "policy": m.policy, **m.metrics,
                     **_versus_baseline(m, groups),
                 }
                 entry["targets"][target_name] = metrics
             (folder / "metrics.json").write_text(json.dumps(entry, indent=2, default=str))
-            (folder / "README.md").write_text(model_card(entry, ctx.extras.get("manifest", {})))
+            (folder / "README.md").write_text(model_card(entry, manifest))
             summary[cand] = entry
         final = ctx.run_dir / "candidates"
         if final.exists():

@@ -62,11 +62,13 @@ def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
         if "latency_ratio_vs_baseline" in m:
             versus.append("latency x" + ", x".join(f"{r:.2f} (seq {k})" for k, r in m["latency_ratio_vs_baseline"].items()))
         lines.append(f"| {target} | {m['precision']} | {m['inference_precision']} | {_quality(m)} | {lat} | {m['size_mb']:.1f} | {'; '.join(versus) or '—'} |")
-    lines += ["", "## How it was made", ""]
+    lines += ["", "## How it was made", "", "The steps this candidate came from, in order, with their configs:", ""]
+    steps = manifest.get("steps", {})
+    lineage = _ancestors(steps, {m["step"] for m in entry["targets"].values() if "step" in m})
     for sid in manifest.get("order", []):
-        step = manifest.get("steps", {}).get(sid) or {}
-        cfg = {k: v for k, v in step.get("config", {}).items() if v not in (None, {}, [])}
-        lines.append(f"- `{sid}` ({step.get('pass', '?')}): `{cfg}`")
+        if sid in lineage:
+            cfg = {k: v for k, v in steps[sid]["config"].items() if v not in (None, {}, [])}
+            lines.append(f"- `{sid}` ({steps[sid]['pass']}): `{cfg}`")
     policies = {t: m["policy"] for t, m in entry["targets"].items() if m.get("policy")}
     if policies:
         lines += ["", "Precision policy (layer.group → precision; `head` = linears outside the layers), verified against the runtime's own per-op precisions:", ""]
@@ -79,3 +81,14 @@ def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
             lines += [f"With {m['runtime']}:", "", _LOAD[target].format(precision=m["inference_precision"]), ""]
     lines += ["`metrics.json` holds every number above and more; the run's `manifest.json` (two folders up) records versions, configs and cache keys."]
     return "\n".join(lines) + "\n"
+
+
+def _ancestors(steps: dict[str, Any], finals: set[str]) -> set[str]:
+    seen, todo = set(), list(finals)
+    while todo:
+        sid = todo.pop()
+        if sid in seen or sid not in steps:
+            continue
+        seen.add(sid)
+        todo += [up for ups in steps[sid].get("inputs", {}).values() for up in ups]
+    return seen
