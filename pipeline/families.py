@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from torch import nn
+
 from .errors import TailorfitError
 
 LINEAR_GROUPS = ("qkv", "attn_out", "ffn_up", "ffn_down")
@@ -21,6 +23,13 @@ class ModelFamily:
     groups: dict[str, tuple[str, ...]]  # linear group -> linear module paths relative to a layer
     kind: str  # "encoder" or "decoder"
     attention: str  # the attention module (relative to a layer) whose own products (QK^T, AV) follow the qkv precision
+
+    def layer_list(self, model: nn.Module) -> tuple[str, nn.ModuleList]:
+        """The layers' ModuleList and its path in ``model`` (task heads add prefixes like ``bert.``)."""
+        found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and (n == self.layers or n.endswith("." + self.layers))]
+        if not found:
+            raise TailorfitError(f"no '{self.layers}' layer list in this {self.name} model", "the model does not match its declared family")
+        return min(found, key=lambda nm: len(nm[0]))
 
     def classify(self, module: str) -> tuple[int, str, bool] | None:
         """``(layer, group, is_linear)`` for a module path inside a layer, None for one outside (the head)."""

@@ -11,6 +11,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from .search_space import SearchSpace
+
 Task = Literal["text-classification", "causal-lm", "image-classification"]
 
 
@@ -47,6 +49,7 @@ class HFModel(Handle):
     family: str
     name: str
     num_labels: int | None = None
+    notes: list[str] = []  # caveats every model card derived from it must state
 
 
 class Dataset(Handle):
@@ -77,6 +80,14 @@ class Lowered(Handle):
     reports: dict[str, Path] = {}
 
 
+class SuperNet(Handle):
+    """An elastic super-network: its (importance-reordered) full-size weights as a model folder, and its search space."""
+
+    path: Path
+    source: HFModel
+    space: SearchSpace
+
+
 class Artifact(Handle):
     """A packaged run directory: candidates with their runtime files, metrics and model cards."""
 
@@ -84,4 +95,4 @@ class Artifact(Handle):
     candidates: list[str]
 
 
-HANDLE_KINDS: dict[str, type[Handle]] = {h.kind: h for h in (HFModel, Dataset, Lowered, Artifact)}
+HANDLE_KINDS: dict[str, type[Handle]] = {h.kind: h for h in (HFModel, Dataset, Lowered, SuperNet, Artifact)}

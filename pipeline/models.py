@@ -15,6 +15,7 @@ from .families import family_for
 from .handles import HFModel
 
 TASKS = ("text-classification", "causal-lm", "image-classification")
+ARCHITECTURE = "architecture.json"  # marks a sub-network folder written by the extract pass
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -31,7 +32,15 @@ def num_layers(config: dict[str, Any]) -> int:
     raise TailorfitError("the model config states no layer count", "add num_hidden_layers to config.json")
 
 
-def _auto_class(task: str):
+def layer_count(path: Path) -> int:
+    """Transformer layers of a model folder; a sub-network's config.json may describe its super-network."""
+    arch = path / ARCHITECTURE
+    if arch.is_file():
+        return sum(layer["keep"] for layer in json.loads(arch.read_text())["subnet"]["layers"])
+    return num_layers(read_config(path))
+
+
+def auto_class(task: str):
     import transformers as tf
 
     return {
@@ -43,7 +52,29 @@ def _auto_class(task: str):
 
 def load_torch_model(handle: HFModel, **kwargs: Any) -> nn.Module:
     """The model in fp32 eval mode, with the task head its handle names."""
-    model = _auto_class(handle.task).from_pretrained(handle.path, dtype=torch.float32, **kwargs)
+    if (handle.path / ARCHITECTURE).is_file():
+        return _load_subnet(handle)
+    model = auto_class(handle.task).from_pretrained(handle.path, dtype=torch.float32, **kwargs)
+    return model.eval()
+
+
+def _load_subnet(handle: HFModel) -> nn.Module:
+    """Rebuild a sub-network's structure from its base config, then load its weights."""
+    from safetensors.torch import load_model
+    from transformers import AutoConfig
+
+    from .elastic import ElasticModel
+    from .families import family_by_name
+    from .search_space import SearchSpace, SubnetConfig
+
+    arch = json.loads((handle.path / ARCHITECTURE).read_text())
+    base = dict(arch["base_config"])
+    config = AutoConfig.for_model(base.pop("model_type"), **base)
+    model = auto_class(handle.task).from_config(config, dtype=torch.float32)
+    elastic = ElasticModel(model, family_by_name(handle.family), SearchSpace.model_validate(arch["space"]))
+    elastic.activate(SubnetConfig.model_validate(arch["subnet"]))
+    model = elastic.extract(copy=False)
+    load_model(model, str(handle.path / "model.safetensors"))
     return model.eval()
 
 
@@ -108,17 +139,17 @@ def example_inputs(handle: HFModel, model: nn.Module, names: list[str], batch: i
     return tuple(out)
 
 
-def model_facts(path: Path, task: str) -> dict[str, Any]:
-    """What can be known of a model folder without loading its weights."""
+def model_facts(path: Path, task: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What can be known of a model folder (or of ``config``, e.g. read from a GGUF file) without loading its weights."""
     if task not in TASKS:
         raise TailorfitError(f"unsupported task '{task}'", f"use one of: {', '.join(TASKS)}")
-    config = read_config(path)
+    config = config or read_config(path)
     family = family_for(config.get("model_type", "?"))
     if task == "causal-lm" and family.kind != "decoder" or task != "causal-lm" and family.kind == "decoder":
         raise TailorfitError(f"task '{task}' does not fit a {family.name} model", "use causal-lm for decoders, a classification task for encoders")
     if task == "image-classification" and family.name != "vit" or task == "text-classification" and family.name == "vit":
         raise TailorfitError(f"task '{task}' does not fit a {family.name} model", "use image-classification for ViT, text-classification for text encoders")
-    return {"family": family.name, "num_layers": num_layers(config), "model_type": config["model_type"], "task": task}
+    return {"family": family.name, "num_layers": layer_count(path) if (path / ARCHITECTURE).is_file() else num_layers(config), "model_type": config["model_type"], "task": task}
 
 
 def to_numpy_inputs(batch: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:

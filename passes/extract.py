@@ -1,0 +1,92 @@
+"""extract: slices one sub-network out of a super-network into a dense standalone model.
+
+Consumes: ``SuperNet``. Produces: ``HFModel`` — a folder with ``architecture.json`` (the sub-network, its
+search space, the base config, its params / MACs), ``model.safetensors`` and the tokenizer; it reloads with
+tailorfit's loader without the super-network and lowers through every target. Where the sub-network is
+uniform enough for Hugging Face's own classes, its ``config.json`` also loads with ``from_pretrained``.
+Post-condition: the dense model's outputs equal the super-network's active sub-network (recorded).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
+from tailorfit.pipeline.cost import CostModel
+from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.handles import HFModel, SuperNet
+from tailorfit.pipeline.models import ARCHITECTURE, ExportWrapper, example_inputs, input_names, load_preprocessor
+from tailorfit.pipeline.search_space import SubnetConfig, subnet_id
+
+from .supernet import load_supernet
+
+
+class ExtractConfig(PassConfig):
+    subnet: Literal["largest", "smallest"] | SubnetConfig = Field(description="'largest', 'smallest', or {layers: [{keep, heads, ffn}, ...]}")
+    seq_len: int = Field(default=128, ge=1, description="sequence length the recorded MACs are computed for")
+    name: str | None = Field(default=None, description="model name for candidate ids (default: <source name>-<sub-network id>)")
+
+
+class Extract(Pass):
+    name = "extract"
+    Config = ExtractConfig
+    packages = ("torch", "transformers", "safetensors")
+
+    def _config(self, supernet: SuperNet) -> SubnetConfig:
+        chosen = self.config.subnet
+        if chosen == "largest":
+            return supernet.space.largest()
+        if chosen == "smallest":
+            return supernet.space.smallest()
+        supernet.space.check(chosen)
+        return chosen
+
+    def run(self, ctx: PassContext, supernet: SuperNet) -> HFModel:
+        from safetensors.torch import save_model
+
+        subnet = self._config(supernet)
+        elastic = load_supernet(supernet)
+        cost = CostModel.model_validate_json((supernet.path / "cost_model.json").read_text())
+        elastic.activate(subnet)
+        dense = elastic.extract()
+        names = input_names(elastic.model, supernet.source)
+        example = example_inputs(supernet.source, elastic.model, names)
+        with torch.inference_mode():
+            drift = float((ExportWrapper(dense, names).eval()(*example) - ExportWrapper(elastic.model, names).eval()(*example)).abs().max())
+        if drift > 1e-5:
+            raise TailorfitError(f"the extracted sub-network differs from the super-network's by {drift:.2e}", "report this as a bug with --debug output")
+        out = ctx.work_dir / "model"
+        out.mkdir()
+        save_model(dense, str(out / "model.safetensors"))
+        load_preprocessor(supernet.source).save_pretrained(out)
+        base_config = elastic.model.config.to_dict()
+        architecture = {
+            "subnet": subnet.model_dump(), "space": supernet.space.model_dump(), "base_config": base_config,
+            "params": cost.params(subnet), "non_embedding_params": cost.non_embedding_params(subnet),
+            "macs": cost.macs(subnet, self.config.seq_len), "macs_seq_len": self.config.seq_len, "max_abs_diff_vs_supernet": drift,
+        }
+        (out / ARCHITECTURE).write_text(json.dumps(architecture, indent=1))
+        plain = _plain_config(base_config, subnet, supernet)
+        (out / "config.json").write_text(json.dumps(plain or base_config, indent=1))
+        ctx.log.info("sub-network %s: %d params (%.1f%% of the largest), %s", subnet_id(subnet), architecture["params"],
+                     100 * architecture["params"] / cost.params(supernet.space.largest()), "from_pretrained-compatible" if plain else "tailorfit loader only")
+        return supernet.source.model_copy(update={"path": out, "name": self.config.name or f"{supernet.source.name}-{subnet_id(subnet)}"})
+
+
+def _plain_config(base: dict[str, Any], subnet: SubnetConfig, supernet: SuperNet) -> dict[str, Any] | None:
+    """A Hugging Face config for sub-networks its classes can express: same heads and FFN width in every kept layer."""
+    kept = [subnet.layers[i] for i in subnet.kept()]
+    if len({(c.heads, c.ffn) for c in kept}) != 1 or kept[0].ffn == 0:
+        return None
+    heads, ffn = kept[0].heads, kept[0].ffn
+    space = supernet.space
+    plain = {**base, "num_hidden_layers": len(kept), "intermediate_size": ffn}
+    if heads != space.num_heads:
+        if "num_key_value_heads" not in base:  # BERT-like classes derive the head size from hidden / heads
+            return None
+        plain.update(num_attention_heads=heads, num_key_value_heads=heads // space.group_size, head_dim=space.head_dim)
+    plain.pop("layer_types", None)  # per-layer lists would keep the old depth
+    return plain

@@ -1,0 +1,89 @@
+"""supernet: turns a model into an elastic super-network over layers, attention heads and FFN width.
+
+Consumes: ``HFModel``. Produces: ``SuperNet`` — the full-size weights with heads (KV groups under
+grouped-query attention) and FFN neurons reordered by importance, so narrower choices keep the most
+important units; its ``SearchSpace``; ``cost_model.json`` (analytic params / MACs); ``importance.json``.
+Post-condition: reordering leaves the full model's outputs unchanged (difference recorded).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
+from tailorfit.pipeline.cost import CostModel
+from tailorfit.pipeline.elastic import ElasticModel
+from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.families import family_by_name
+from tailorfit.pipeline.handles import HFModel, SuperNet
+from tailorfit.pipeline.models import ExportWrapper, example_inputs, input_names, load_preprocessor, load_torch_model
+from tailorfit.pipeline.search_space import SearchSpace, default_space, model_dims
+
+
+SIDECARS = ("search_space.json", "cost_model.json", "importance.json")  # files beside the weights that travel with them
+
+
+class SupernetConfig(PassConfig):
+    head_choices: list[int] | None = Field(default=None, description="query-head counts per layer (default: quarters of the KV groups)")
+    ffn_choices: list[int] | None = Field(default=None, description="FFN widths (default: quarters of the width, multiples of ffn_step); 0 removes the FFN")
+    ffn_step: int = Field(default=64, ge=1, description="default widths are multiples of this (INT4 group sizes must divide them)")
+    min_layers: int | None = Field(default=None, ge=1, description="fewest layers a sub-network keeps (default: half)")
+    skippable: bool = True
+    importance: Literal["magnitude"] = "magnitude"
+
+
+class Supernet(Pass):
+    name = "supernet"
+    Config = SupernetConfig
+    packages = ("torch", "transformers")
+
+    def _space(self, config: Any) -> SearchSpace:
+        c = self.config
+        base = default_space(config, c.ffn_step, c.min_layers)
+        d = model_dims(config)
+        space = base.model_copy(update={
+            "head_choices": sorted(set(c.head_choices or base.head_choices)),
+            "ffn_choices": sorted(set(c.ffn_choices or base.ffn_choices)),
+            "skippable": c.skippable,
+        })
+        bad_heads = [h for h in space.head_choices if h % space.group_size or not 0 < h <= d["num_heads"]]
+        if bad_heads:
+            raise TailorfitError(f"head choices {bad_heads} are not multiples of the KV-group size {space.group_size} up to {d['num_heads']}", "fix head_choices")
+        bad_ffn = [w for w in space.ffn_choices if not 0 <= w <= d["ffn_size"]]
+        if bad_ffn:
+            raise TailorfitError(f"FFN choices {bad_ffn} exceed the model's width {d['ffn_size']}", "fix ffn_choices")
+        if space.min_layers > space.num_layers:
+            raise TailorfitError(f"min_layers {space.min_layers} exceeds the model's {space.num_layers} layers", "lower min_layers")
+        return space
+
+    def run(self, ctx: PassContext, model: HFModel) -> SuperNet:
+        net = load_torch_model(model)
+        space = self._space(net.config)
+        names = input_names(net, model)
+        example = example_inputs(model, net, names)
+        wrapper = ExportWrapper(net, names).eval()
+        with torch.inference_mode():
+            before = wrapper(*example)
+        elastic = ElasticModel(net, family_by_name(model.family), space)
+        report = elastic.reorder()
+        with torch.inference_mode():
+            drift = float((wrapper(*example) - before).abs().max())
+        if drift > 1e-4:
+            raise TailorfitError(f"importance reordering changed the model's outputs by {drift:.2e}", "report this as a bug with --debug output")
+        out = ctx.work_dir / "supernet"
+        net.save_pretrained(out)
+        load_preprocessor(model).save_pretrained(out)
+        (out / "search_space.json").write_text(space.model_dump_json(indent=1))
+        (out / "cost_model.json").write_text(CostModel.measure(elastic).model_dump_json(indent=1))
+        (out / "importance.json").write_text(json.dumps({**report, "max_abs_output_change": drift}, indent=1))
+        ctx.log.info("super-network: %d layers, heads %s, FFN %s; reordering changed outputs by %.1e", space.num_layers, space.head_choices, space.ffn_choices, drift)
+        return SuperNet(path=out, source=model, space=space)
+
+
+def load_supernet(handle: SuperNet) -> ElasticModel:
+    """The elastic model of a ``SuperNet`` handle, at its largest config."""
+    source = handle.source.model_copy(update={"path": handle.path})
+    return ElasticModel(load_torch_model(source), family_by_name(handle.source.family), handle.space)

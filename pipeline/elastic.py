@@ -1,0 +1,200 @@
+"""Elastic super-networks made in place from a Hugging Face model, and dense sub-networks sliced out of them.
+
+Every controlled linear becomes an ``ElasticLinear`` sharing the original parameters; a sub-network is
+selected with ``ElasticModel.activate(config)``, which narrows each linear to a prefix of its rows and
+columns and drops skipped layers. Importance reordering puts the most important heads (KV groups for
+grouped-query attention) and FFN neurons first, so every prefix keeps the best units.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .families import ModelFamily
+from .search_space import SearchSpace, SubnetConfig
+
+
+class ElasticLinear(nn.Module):
+    """A linear layer computing with the first ``active_out`` outputs and ``active_in`` inputs of its weight.
+
+    Wraps ``nn.Linear`` and GPT-2's ``Conv1D`` (whose weight is stored transposed), sharing their
+    parameters. ``blocks`` > 1 marks a fused projection (GPT-2's Q|K|V): ``active_out`` then counts
+    outputs per block, taken from the front of each block.
+    """
+
+    def __init__(self, base: nn.Module, blocks: int = 1):
+        super().__init__()
+        self.transposed = not isinstance(base, nn.Linear)
+        self.weight, self.bias = base.weight, base.bias  # shared, not copied
+        self.in_features, self.out_features = self.weight.shape if self.transposed else self.weight.shape[::-1]
+        self.blocks = blocks
+        self.active_in, self.active_out = self.in_features, self.out_features // blocks
+
+    def out_index(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices of the active outputs (or of ``rows`` within each block) in the full weight."""
+        block = self.out_features // self.blocks
+        rows = torch.arange(self.active_out) if rows is None else rows
+        return (torch.arange(self.blocks)[:, None] * block + rows).flatten()
+
+    def active_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight as out x in, bias) of the active part."""
+        weight = self.weight.T if self.transposed else self.weight
+        if self.blocks == 1:
+            rows_w, bias = weight[: self.active_out], None if self.bias is None else self.bias[: self.active_out]
+        else:
+            index = self.out_index()
+            rows_w, bias = weight[index], None if self.bias is None else self.bias[index]
+        return rows_w[:, : self.active_in], bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.active_weight()
+        return F.linear(x, weight, bias)
+
+    def permute_outputs(self, rows: torch.Tensor) -> None:
+        """Reorder outputs (the same permutation in every block)."""
+        full = self.out_index(rows)  # a permutation of every output: gather index
+        if self.transposed:
+            self.weight.copy_(self.weight[:, full])
+        else:
+            self.weight.copy_(self.weight[full])
+        if self.bias is not None:
+            self.bias.copy_(self.bias[full])
+
+    def permute_inputs(self, cols: torch.Tensor) -> None:
+        if self.transposed:
+            self.weight.copy_(self.weight[cols])
+        else:
+            self.weight.copy_(self.weight[:, cols])
+
+    def input_magnitude(self) -> torch.Tensor:
+        """L1 norm of the weight per input feature."""
+        return (self.weight.abs().sum(1) if self.transposed else self.weight.abs().sum(0))
+
+    def output_magnitude(self, block: int | None = None) -> torch.Tensor:
+        """L1 norm of the weight per output feature, of one block or summed over the blocks of a fused projection."""
+        per_out = (self.weight.abs().sum(0) if self.transposed else self.weight.abs().sum(1)).view(self.blocks, -1)
+        return per_out.sum(0) if block is None else per_out[block]
+
+    def dense(self) -> nn.Module:
+        """A plain layer of the original kind holding a copy of the active part."""
+        weight, bias = self.active_weight()
+        if self.transposed:
+            from transformers.pytorch_utils import Conv1D
+
+            out = Conv1D(weight.shape[0], weight.shape[1])
+            with torch.no_grad():
+                out.weight.copy_(weight.T)
+                out.bias.copy_(bias)
+            return out
+        out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            out.weight.copy_(weight)
+            if bias is not None:
+                out.bias.copy_(bias)
+        return out
+
+
+class ElasticModel:
+    """A Hugging Face model turned elastic in place."""
+
+    def __init__(self, model: nn.Module, family: ModelFamily, space: SearchSpace):
+        self.model, self.family, self.space = model, family, space
+        prefix, layers = family.layer_list(model)
+        parent_path, _, self._list_attr = prefix.rpartition(".")
+        self._list_parent = model.get_submodule(parent_path) if parent_path else model
+        self.layers: list[nn.Module] = list(layers)
+        for layer in self.layers:
+            for group in ("qkv", "attn_out", "ffn_up", "ffn_down"):
+                for rel in family.groups[group]:
+                    parent_rel, _, attr = rel.rpartition(".")
+                    parent = layer.get_submodule(parent_rel) if parent_rel else layer
+                    if not isinstance(getattr(parent, attr), ElasticLinear):
+                        fused = group == "qkv" and len(family.groups["qkv"]) == 1  # GPT-2's c_attn holds Q|K|V
+                        setattr(parent, attr, ElasticLinear(getattr(parent, attr), blocks=3 if fused else 1))
+        self.active = space.largest()
+
+    def _linears(self, layer: nn.Module, group: str) -> list[ElasticLinear]:
+        return [layer.get_submodule(rel) for rel in self.family.groups[group]]
+
+    def activate(self, config: SubnetConfig) -> None:
+        """Select a sub-network in place (no weights are copied)."""
+        self.space.check(config)
+        s = self.space
+        for layer, choice in zip(self.layers, config.layers):
+            q_width, kv_width = choice.heads * s.head_dim, choice.heads // s.group_size * s.head_dim
+            qkv = self._linears(layer, "qkv")
+            if len(qkv) == 1:
+                qkv[0].active_out = q_width
+            else:
+                q, k, v = qkv
+                q.active_out, k.active_out, v.active_out = q_width, kv_width, kv_width
+            for o in self._linears(layer, "attn_out"):
+                o.active_in = q_width
+            for up in self._linears(layer, "ffn_up"):
+                up.active_out = choice.ffn
+            for down in self._linears(layer, "ffn_down"):
+                down.active_in = choice.ffn
+            attention = layer.get_submodule(self.family.attention)
+            for attr in ("num_attention_heads", "num_heads"):  # modules that reshape by head count rather than -1
+                if hasattr(attention, attr):
+                    setattr(attention, attr, choice.heads)
+            for attr in ("all_head_size", "split_size"):
+                if hasattr(attention, attr):
+                    setattr(attention, attr, q_width)
+        setattr(self._list_parent, self._list_attr, nn.ModuleList([self.layers[i] for i in config.kept()]))
+        self.active = config
+
+    def reorder(self) -> dict[str, Any]:
+        """Permute heads (KV groups) and FFN neurons by weight magnitude, most important first.
+
+        The full model computes the same function afterwards; the returned scores are recorded.
+        """
+        self.activate(self.space.largest())
+        s = self.space
+        report: dict[str, Any] = {"measure": "L1 weight magnitude (heads: V rows + output columns per KV group; FFN: up rows x down columns)", "layers": []}
+        with torch.no_grad():
+            for layer in self.layers:
+                qkv = self._linears(layer, "qkv")
+                (o,) = self._linears(layer, "attn_out")
+                v_rows = qkv[-1].output_magnitude(block=qkv[-1].blocks - 1)  # the V projection (last block if fused)
+                group_score = o.input_magnitude().view(s.num_kv_heads, -1).sum(1) + v_rows.view(s.num_kv_heads, -1).sum(1)
+                group_order = torch.argsort(group_score, descending=True)
+                kv_idx = (group_order[:, None] * s.head_dim + torch.arange(s.head_dim)).flatten()
+                q_per_group = s.group_size * s.head_dim
+                q_idx = (group_order[:, None] * q_per_group + torch.arange(q_per_group)).flatten()
+                if len(qkv) == 1:
+                    qkv[0].permute_outputs(q_idx)
+                else:
+                    qkv[0].permute_outputs(q_idx)
+                    qkv[1].permute_outputs(kv_idx)
+                    qkv[2].permute_outputs(kv_idx)
+                o.permute_inputs(q_idx)
+                ups, (down,) = self._linears(layer, "ffn_up"), self._linears(layer, "ffn_down")
+                neuron = down.input_magnitude() * sum(u.output_magnitude() for u in ups)
+                ffn_order = torch.argsort(neuron, descending=True)
+                for up in ups:
+                    up.permute_outputs(ffn_order)
+                down.permute_inputs(ffn_order)
+                report["layers"].append({"head_group_scores": group_score[group_order].tolist(), "ffn_scores_top8": neuron[ffn_order][:8].tolist()})
+        return report
+
+    def extract(self, copy: bool = True) -> nn.Module:
+        """A dense model of the active sub-network: plain ``nn.Linear`` layers of the active sizes.
+
+        ``copy=False`` densifies this model itself (used when rebuilding a saved sub-network's structure).
+        """
+        import copy as copying
+
+        model = copying.deepcopy(self.model) if copy else self.model
+        for layer in self.family.layer_list(model)[1]:  # holds only the kept layers, in order
+            _densify(layer)
+        return model
+
+
+def _densify(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, ElasticLinear):
+            setattr(module, name, child.dense())
+        else:
+            _densify(child)

@@ -1,0 +1,212 @@
+"""Super-networks on tiny BERT, LLaMA (grouped-query attention) and ViT models: equivalence, reordering, extraction, cost."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from tailorfit.pipeline import TailorfitError, run_pipeline
+from tailorfit.pipeline.cost import CostModel
+from tailorfit.pipeline.elastic import ElasticModel
+from tailorfit.pipeline.families import family_for
+from tailorfit.pipeline.search_space import LayerChoice, SubnetConfig, default_space
+
+
+def _model(kind: str):
+    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM, ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        cfg = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, num_labels=2)
+        return BertForSequenceClassification(cfg).eval()
+    if kind == "llama":
+        cfg = LlamaConfig(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128)
+        return LlamaForCausalLM(cfg).eval()
+    if kind == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        return GPT2LMHeadModel(GPT2Config(vocab_size=60, n_embd=32, n_layer=3, n_head=4, n_inner=128, n_positions=64)).eval()
+    cfg = ViTConfig(image_size=8, patch_size=4, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, num_labels=3)
+    return ViTForImageClassification(cfg).eval()
+
+
+def _inputs(kind: str, batch: int = 2, seq: int = 9):
+    g = torch.Generator().manual_seed(1)
+    if kind == "vit":
+        return {"pixel_values": torch.randn(batch, 3, 8, 8, generator=g)}
+    ids = torch.randint(0, 60, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[-1, seq - 3:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _elastic(kind: str):
+    model = _model(kind)
+    space = default_space(model.config, ffn_step=32, min_layers=1)
+    return model, ElasticModel(model, family_for(model.config.model_type), space)
+
+
+@torch.no_grad()
+def _logits(model, inputs):
+    return model(**inputs).logits
+
+
+KINDS = ["bert", "llama", "vit", "gpt2"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_largest_config_is_the_original_and_reordering_keeps_it(kind):
+    model = _model(kind)
+    reference = _logits(model, _inputs(kind))
+    model, elastic = _elastic(kind)
+    assert torch.equal(_logits(model, _inputs(kind)), reference)
+    elastic.reorder()
+    assert (_logits(model, _inputs(kind)) - reference).abs().max() <= 1e-5
+    narrow = elastic.space.smallest()
+    elastic.activate(narrow)
+    assert (_logits(model, _inputs(kind)) - reference).abs().max() > 1e-5  # a sub-network really is a different function
+    elastic.activate(elastic.space.largest())
+    assert (_logits(model, _inputs(kind)) - reference).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_extracted_subnetworks_equal_the_active_ones(kind):
+    model, elastic = _elastic(kind)
+    elastic.reorder()
+    rng = random.Random(0)
+    for config in [elastic.space.smallest()] + [elastic.space.sample(rng) for _ in range(4)]:
+        elastic.activate(config)
+        expected = _logits(model, _inputs(kind, batch=3, seq=7))
+        dense = elastic.extract()
+        assert not any(type(m).__name__ == "ElasticLinear" for m in dense.modules())
+        assert (_logits(dense, _inputs(kind, batch=3, seq=7)) - expected).abs().max() <= 1e-5
+        assert len(elastic.family.layer_list(dense)[1]) == len(config.kept())
+
+
+def test_grouped_query_heads_stay_in_whole_groups():
+    model, elastic = _elastic("llama")
+    space = elastic.space
+    assert space.group_size == 2 and space.head_choices == [2, 4]
+    with pytest.raises(TailorfitError, match="not a multiple of the KV-group size 2"):
+        elastic.activate(SubnetConfig(layers=[LayerChoice(heads=3, ffn=128)] * 3))
+    elastic.activate(SubnetConfig(layers=[LayerChoice(heads=2, ffn=64)] * 3))
+    attn = elastic.layers[0].self_attn
+    assert attn.q_proj.active_out == 2 * 8 and attn.k_proj.active_out == 1 * 8 and attn.v_proj.active_out == 8
+    dense = elastic.extract()
+    assert dense.model.layers[0].self_attn.q_proj.out_features == 16 and dense.model.layers[0].self_attn.k_proj.out_features == 8
+
+
+def test_bad_subnet_configs_are_rejected():
+    _, elastic = _elastic("bert")
+    with pytest.raises(TailorfitError, match="FFN width 100 is not in the search space"):
+        elastic.activate(SubnetConfig(layers=[LayerChoice(heads=4, ffn=100)] * 3))
+    with pytest.raises(TailorfitError, match="keeps 0 layers"):
+        elastic.activate(SubnetConfig(layers=[LayerChoice(keep=False, heads=4, ffn=128)] * 3))
+    with pytest.raises(TailorfitError, match="lists 2 layers"):
+        elastic.activate(SubnetConfig(layers=[LayerChoice(heads=4, ffn=128)] * 2))
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama", "gpt2"])
+def test_analytic_cost_matches_a_counted_forward(kind):
+    model, elastic = _elastic(kind)
+    cost = CostModel.measure(elastic)
+    rng = random.Random(3)
+    seq = 10
+    for config in [elastic.space.largest(), elastic.space.smallest(), elastic.space.sample(rng), elastic.space.sample(rng)]:
+        elastic.activate(config)
+        dense = elastic.extract()
+        assert cost.params(config) == sum(p.numel() for p in dense.parameters())
+        ids = torch.randint(0, 60, (1, seq))
+        # the math backend spells attention out as batched matmuls the counter sees
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+            dense(input_ids=ids)
+        counted = counter.get_total_flops() // 2
+        rotary = seq * elastic.space.head_dim // 2 if kind == "llama" else 0  # position x frequency outer product
+        assert counted - cost.macs(config, seq) == rotary
+    embeddings = model.get_input_embeddings().weight.numel()
+    assert cost.non_embedding_params(elastic.space.largest()) == cost.params(elastic.space.largest()) - cost.embedding_params
+    assert cost.embedding_params >= embeddings
+
+
+def test_supernet_and_extract_passes_through_lowering(tiny_llama, text_jsonl, tmp_path):
+    subnet = {"layers": [{"keep": True, "heads": 2, "ffn": 32}, {"keep": False, "heads": 4, "ffn": 64}]}
+    recipe = {
+        "name": "sub", "threads": 2,
+        "steps": [
+            {"id": "model", "pass": "load", "config": {"path": str(tiny_llama), "task": "causal-lm", "name": "llama"}},
+            {"id": "data", "pass": "dataset", "config": {"path": str(text_jsonl), "task": "causal-lm"}},
+            {"id": "super", "pass": "supernet", "config": {"ffn_step": 32}},
+            {"id": "sub", "pass": "extract", "config": {"subnet": subnet}},
+            {"id": "uniform", "pass": "extract", "inputs": {"supernet": "super"}, "config": {"subnet": "smallest"}},
+            {"id": "ov", "pass": "lower", "inputs": {"model": "sub"}, "config": {"target": "openvino-cpu"}},
+            {"id": "ov-q", "pass": "quantize", "inputs": {"model": "ov"}, "config": {"policy": {"layers": {"0.ffn_down": "fp32"}}, "calibration_samples": 4, "max_length": 16}},
+            {"id": "ort", "pass": "lower", "inputs": {"model": "sub"}, "config": {"target": "onnxruntime-cpu"}},
+            {"id": "ort-eval", "pass": "evaluate", "config": {"max_length": 16}},
+        ],
+    }
+    result = run_pipeline(recipe, out=tmp_path, quiet=True)
+    sub = result.outputs["sub"]
+    arch = json.loads((sub.path / "architecture.json").read_text())
+    assert arch["params"] < json.loads((result.outputs["super"].path / "cost_model.json").read_text())["fixed_params"] + 10**6
+    assert arch["max_abs_diff_vs_supernet"] <= 1e-5
+    assert result.outputs["ov-q"].policy["0.ffn_down"] == "fp32" and "1.qkv" not in result.outputs["ov-q"].policy  # one layer kept
+    assert result.outputs["ort-eval"].metrics["perplexity"] > 1
+    # a uniform sub-network also loads with Hugging Face's own class and computes the same function
+    from transformers import AutoModelForCausalLM
+
+    from tailorfit.pipeline.models import load_torch_model
+
+    uniform = result.outputs["uniform"]
+    ours, theirs = load_torch_model(uniform), AutoModelForCausalLM.from_pretrained(uniform.path).eval()
+    ids = torch.randint(0, 40, (2, 12))
+    np.testing.assert_allclose(_logits(ours, {"input_ids": ids}).numpy(), _logits(theirs, {"input_ids": ids}).numpy(), atol=1e-5)
+
+
+def test_extract_rejects_configs_outside_the_space(tiny_bert, tmp_path):
+    recipe = {
+        "name": "bad", "steps": [
+            {"id": "model", "pass": "load", "config": {"path": str(tiny_bert)}},
+            {"id": "super", "pass": "supernet", "config": {"ffn_step": 16}},
+            {"id": "sub", "pass": "extract", "config": {"subnet": {"layers": [{"heads": 4, "ffn": 40}, {"heads": 4, "ffn": 64}]}}},
+        ],
+    }
+    with pytest.raises(TailorfitError, match="FFN width 40 is not in the search space"):
+        run_pipeline(recipe, out=tmp_path, quiet=True)
+
+
+def test_sandwich_finetuning_improves_the_smallest_subnetwork(tiny_bert, sentences_csv, tmp_path):
+    from tailorfit.passes.supernet import load_supernet
+    from tailorfit.pipeline.data import read_split
+    from tailorfit.pipeline.models import load_preprocessor
+    from tailorfit.pipeline.training import TaskData
+
+    recipe = {
+        "name": "sandwich", "threads": 2,
+        "steps": [
+            {"id": "model", "pass": "load", "config": {"path": str(tiny_bert)}},
+            {"id": "data", "pass": "dataset", "config": {"path": str(sentences_csv)}},
+            {"id": "ft", "pass": "finetune", "config": {"max_steps": 40, "batch_size": 16, "max_length": 24, "learning_rate": 1e-3}},
+            {"id": "super", "pass": "supernet", "config": {"ffn_step": 16}},
+            {"id": "sandwich", "pass": "supernet-finetune", "config": {"max_steps": 30, "batch_size": 16, "max_length": 24, "learning_rate": 1e-3, "random_subnets": 1}},
+        ],
+    }
+    result = run_pipeline(recipe, out=tmp_path, quiet=True)
+    data = result.outputs["data"]
+
+    def smallest_loss(handle) -> float:
+        elastic = load_supernet(handle)
+        elastic.activate(handle.space.smallest())
+        task = TaskData.load(load_preprocessor(handle.source), data, ["input_ids", "attention_mask"], 24)
+        with torch.no_grad():
+            return elastic.model(**task.batch(read_split(data, "validation"))).loss.item()
+
+    before, after = smallest_loss(result.outputs["super"]), smallest_loss(result.outputs["sandwich"])
+    assert after < before
+    log = json.loads((result.outputs["sandwich"].path.parent / "train_log.json").read_text())
+    assert log["validation"] and {"largest", "smallest"} <= set(log["validation"][-1])
+    assert (result.outputs["sandwich"].path / "search_space.json").is_file()
