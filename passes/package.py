@@ -54,7 +54,7 @@ class Package(Pass):
             source = next(iter(by_target.values())).source
             load_preprocessor(source).save_pretrained(folder)
             shutil.copy2(source.path / "config.json", folder / "config.json")
-            entry: dict[str, Any] = {"candidate": cand, "model": source.name, "task": source.task, "family": source.family, "measured": when, "host": host_info(), "targets": {}}
+            entry: dict[str, Any] = {"candidate": cand, "model": source.name, "task": source.task, "family": source.family, "notes": source.notes, "measured": when, "host": host_info(), "targets": {}}
             for target_name, m in sorted(by_target.items()):
                 target = get_target(target_name)
                 dest = folder / target.folder

@@ -19,6 +19,19 @@ sess = ort.InferenceSession("onnx/model.onnx", providers=["CPUExecutionProvider"
 names = {{i.name for i in sess.get_inputs()}}
 logits = sess.run(None, {{k: v for k, v in tok(["a gripping, funny film"], return_tensors="np").items() if k in names}})[0]
 ```""",
+    "torch-cpu": """```python
+import json
+import torch
+import torch.ao.quantization.fx._decomposed  # registers the quantize/dequantize ops an INT8 program calls
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(".")
+extra = {{"tailorfit.json": ""}}
+model = torch.export.load("torch/model.pt2", extra_files=extra).module()
+names = json.loads(extra["tailorfit.json"])["inputs"]  # the program takes these tensors, in this order
+enc = tok(["a gripping, funny film"], return_tensors="pt")
+with torch.inference_mode():
+    logits = model(*(enc.get(n, torch.zeros_like(enc["input_ids"])) for n in names))
+```""",
 }
 
 
@@ -43,6 +56,7 @@ def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
         "",
         f"A {entry['family']} model for **{entry['task']}**, derived from `{entry['model']}` by tailorfit "
         f"(recipe `{manifest.get('recipe_name', '?')}`), with one folder per deployment target.",
+        *[f"**Note:** {n}" for n in entry.get("notes", [])],
         "",
         "## Measured on the target",
         f"Measured {entry['measured']} on {host['cpu']} ({host['logical_cores']} logical cores; {', '.join(host['isa']) or 'no AVX-512'}).",

@@ -137,3 +137,15 @@ def digits_jsonl(tmp_path_factory) -> Path:
         for image, label in zip(digits.images[:300], digits.target[:300]):
             f.write(json.dumps({"image": image.tolist(), "label": int(label)}) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer GPT-2 (fused Q|K|V Conv1D projections)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    vocab = _tokenizer(folder, "gpt2")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128, eos_token_id=5, bos_token_id=5)).save_pretrained(folder)
+    return folder

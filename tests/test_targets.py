@@ -36,9 +36,9 @@ def bert_classifier(tiny_bert, tmp_path_factory):
 
 
 @pytest.mark.parametrize("target_name", TARGET_NAMES)
-@pytest.mark.parametrize("kind", ["bert", "llama"])
-def test_lowered_outputs_match_torch_at_other_shapes(target_name, kind, bert_classifier, tiny_llama, tmp_path):
-    folder, task = (bert_classifier, "text-classification") if kind == "bert" else (tiny_llama, "causal-lm")
+@pytest.mark.parametrize("kind", ["bert", "llama", "gpt2"])
+def test_lowered_outputs_match_torch_at_other_shapes(target_name, kind, bert_classifier, tiny_llama, tiny_gpt2, tmp_path):
+    folder, task = {"bert": (bert_classifier, "text-classification"), "llama": (tiny_llama, "causal-lm"), "gpt2": (tiny_gpt2, "causal-lm")}[kind]
     target = get_target(target_name)
     wrapper, names, _, files = _lower(folder, task, kind, target, tmp_path / "out")
     for f in files:
