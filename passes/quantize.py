@@ -19,7 +19,7 @@ from tailorfit.pipeline.data import encode_rows, lm_batch, lm_windows, read_spli
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.handles import Dataset, Lowered
-from tailorfit.pipeline.models import load_preprocessor, num_layers, read_config
+from tailorfit.pipeline.models import layer_count, load_preprocessor
 from tailorfit.pipeline.policy import HEAD, QuantizationPolicy, policy_label
 from tailorfit.targets import get_target
 from tailorfit.targets.base import read_linear_map
@@ -56,7 +56,7 @@ class Quantize(Pass):
             raise TailorfitError(f"quantize needs an FP32 lowered model, got a {model.precision} one", "feed quantize from a lower step")
         target = get_target(model.target)
         family = family_by_name(model.source.family)
-        resolved = self._resolve(num_layers(read_config(model.source.path)))
+        resolved = self._resolve(layer_count(model.source.path))
         expected = {}
         for node, module in read_linear_map(model.files).items():
             where = family.classify(module)
