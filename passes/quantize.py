@@ -39,7 +39,7 @@ class QuantizeConfig(PassConfig):
 class Quantize(Pass):
     name = "quantize"
     Config = QuantizeConfig
-    packages = ("openvino", "nncf", "onnxruntime", "onnx")
+    packages = ("openvino", "nncf", "onnxruntime", "onnx", "neural-compressor-pt", "torchao")
 
     def preflight(self, facts: dict[str, Any]) -> None:
         if "num_layers" in facts:

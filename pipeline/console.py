@@ -14,7 +14,7 @@ from .contract import ProgressTask
 
 LOG_NAME = "tailorfit"
 _console = Console(stderr=True)
-_NOISY = ("nncf", "openvino", "torch", "transformers", "onnxscript", "onnxruntime", "optimum", "urllib3")
+_NOISY = ("nncf", "openvino", "torch", "torchao", "transformers", "onnxscript", "onnxruntime", "optimum", "urllib3")
 
 
 def setup_logging(quiet: bool = False, debug: bool = False) -> logging.Logger:

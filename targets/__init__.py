@@ -6,8 +6,9 @@ from tailorfit.pipeline.errors import TailorfitError
 from .base import Target
 from .onnxruntime_cpu import OnnxRuntimeCPU
 from .openvino_cpu import OpenVINOCPU
+from .torch_cpu import TorchCPU
 
-TARGETS: dict[str, type[Target]] = {t.name: t for t in (OpenVINOCPU, OnnxRuntimeCPU)}
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (OpenVINOCPU, OnnxRuntimeCPU, TorchCPU)}
 
 
 def get_target(name: str) -> Target:
