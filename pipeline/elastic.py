@@ -7,6 +7,8 @@ grouped-query attention) and FFN neurons first, so every prefix keeps the best u
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,6 +81,8 @@ class ElasticLinear(nn.Module):
     def dense(self) -> nn.Module:
         """A plain layer of the original kind holding a copy of the active part."""
         weight, bias = self.active_weight()
+        if self.active_out == 0 or self.active_in == 0:
+            return RemovedLinear(bias if self.active_in == 0 else None, self.active_out)
         if self.transposed:
             from transformers.pytorch_utils import Conv1D
 
@@ -93,6 +97,25 @@ class ElasticLinear(nn.Module):
             if bias is not None:
                 out.bias.copy_(bias)
         return out
+
+
+class RemovedLinear(nn.Module):
+    """What a zero-width linear computes, without zero-sized matrices (runtimes cannot compile those).
+
+    With no inputs left (the FFN down projection of a removed FFN) the output is the bias alone; with no
+    outputs (its up projection) it is an empty slice that nothing downstream multiplies.
+    """
+
+    def __init__(self, bias: torch.Tensor | None, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None and out_features else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.out_features == 0:
+            return x[..., :0]
+        out = x.new_zeros(*x.shape[:-1], self.out_features)
+        return out + self.bias if self.bias is not None else out
 
 
 class ElasticModel:

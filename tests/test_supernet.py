@@ -210,3 +210,64 @@ def test_sandwich_finetuning_improves_the_smallest_subnetwork(tiny_bert, sentenc
     log = json.loads((result.outputs["sandwich"].path.parent / "train_log.json").read_text())
     assert log["validation"] and {"largest", "smallest"} <= set(log["validation"][-1])
     assert (result.outputs["sandwich"].path / "search_space.json").is_file()
+
+
+def test_a_removed_ffn_block_extracts_and_lowers(bert_classifier, tmp_path):
+    """FFN width 0 (a layer without its FFN, as studies of BERT's redundant layers suggest) survives export."""
+    subnet = {"layers": [{"heads": 4, "ffn": 0}, {"heads": 2, "ffn": 64}]}
+    recipe = {
+        "name": "noffn", "threads": 2,
+        "steps": [
+            {"id": "model", "pass": "load", "config": {"path": str(bert_classifier)}},
+            {"id": "super", "pass": "supernet", "config": {"ffn_choices": [0, 64], "head_choices": [2, 4]}},
+            {"id": "sub", "pass": "extract", "config": {"subnet": subnet}},
+            {"id": "ov", "pass": "lower", "inputs": {"model": "sub"}, "config": {"target": "openvino-cpu"}},
+            {"id": "ort", "pass": "lower", "inputs": {"model": "sub"}, "config": {"target": "onnxruntime-cpu"}},
+        ],
+    }
+    result = run_pipeline(recipe, out=tmp_path, quiet=True)
+    assert result.outputs["ov"].metrics["lowering_max_abs_diff"] <= 1e-4  # lower's own check against torch
+    assert result.outputs["ort"].metrics["lowering_max_abs_diff"] <= 1e-4
+
+
+def test_sandwich_finetuning_of_a_decoder_lowers_its_smallest_subnetworks_loss(tiny_llama, text_jsonl, tmp_path):
+    from tailorfit.passes.supernet import load_supernet
+    from tailorfit.pipeline.models import load_preprocessor
+    from tailorfit.pipeline.training import TaskData
+
+    recipe = {
+        "name": "lm-sandwich", "threads": 2,
+        "steps": [
+            {"id": "model", "pass": "load", "config": {"path": str(tiny_llama), "task": "causal-lm"}},
+            {"id": "data", "pass": "dataset", "config": {"path": str(text_jsonl), "task": "causal-lm"}},
+            {"id": "super", "pass": "supernet", "config": {"ffn_step": 16}},
+            {"id": "sandwich", "pass": "supernet-finetune", "config": {"max_steps": 25, "batch_size": 8, "max_length": 16, "learning_rate": 3e-3}},
+        ],
+    }
+    result = run_pipeline(recipe, out=tmp_path, quiet=True)
+
+    def smallest_loss(handle) -> float:
+        elastic = load_supernet(handle)
+        elastic.activate(handle.space.smallest())
+        task = TaskData.load(load_preprocessor(handle.source), result.outputs["data"], ["input_ids", "attention_mask"], 16)
+        with torch.no_grad():
+            return elastic.model(**task.batch(task.validation)).loss.item()
+
+    assert smallest_loss(result.outputs["sandwich"]) < smallest_loss(result.outputs["super"])
+
+
+def test_a_checkpoint_from_another_model_is_refused(tiny_bert, tmp_path):
+    import logging
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tailorfit.pipeline.contract import PassContext
+    from tailorfit.pipeline.training import CHECKPOINT, TaskData, TrainingConfig, train
+
+    other = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    torch.save({"model": other.state_dict(), "optimizer": {}, "scheduler": {}, "state": {}}, tmp_path / CHECKPOINT)
+    model = _model("bert")
+    ctx = PassContext(step_id="t", work_dir=tmp_path, run_dir=tmp_path, seed=0, threads=1, log=logging.getLogger("t"))
+    data = TaskData(None, ["input_ids"], "text-classification", 8, [{"text": "a", "label": 0}], [])
+    with pytest.raises(TailorfitError, match="was written for another model"):
+        train(ctx, model, data, TrainingConfig(), lambda batch, i: 0.0, lambda state: None, "test")
