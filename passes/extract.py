@@ -32,6 +32,7 @@ class ExtractConfig(PassConfig):
 
 class Extract(Pass):
     name = "extract"
+    version = 2  # 2: the smallest sub-network keeps evenly spaced layers, the last included
     Config = ExtractConfig
     packages = ("torch", "transformers", "safetensors")
 

@@ -41,6 +41,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 class SupernetFinetune(Pass):
     name = "supernet-finetune"
+    version = 2  # 2: the smallest sub-network keeps evenly spaced layers, the last included
     Config = SupernetFinetuneConfig
     packages = ("torch", "transformers")
 

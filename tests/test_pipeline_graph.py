@@ -48,6 +48,7 @@ def test_auto_wiring_follows_branches(tiny_bert, sentences_csv):
         ([{"pass": "dataset", "config": {"path": "x.csv", "colour": 1}}], "field 'colour'"),
         ([{"pass": "evaluate"}], "needs a Lowered input but no earlier step produces one"),
         ([{"pass": "lower", "config": {"target": "tpu"}}], "unknown target 'tpu'"),
+        ([{"pass": "extract"}], "field 'subnet': Field required"),
         ([{"id": "a", "pass": "lower", "inputs": {"model": "nope"}, "config": {"target": "openvino-cpu"}}], "'nope', which is not a step id"),
         ([{"id": "a", "pass": "load", "config": {"path": "/nonexistent/model"}}, {"id": "a", "pass": "load", "config": {"path": "/x"}}], "two recipe steps have the id 'a'"),
     ],
