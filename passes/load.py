@@ -16,6 +16,9 @@ from tailorfit.pipeline.locations import PKG_SCHEME, content_hash, resolve_locat
 from tailorfit.pipeline.models import auto_class, model_facts, read_config
 
 
+GGUF_CONVERSION = 2  # 2: tokenizer saved from its backend (1 reloaded with the wrong pre-tokenizer)
+
+
 class LoadConfig(PassConfig):
     path: str = Field(description="local folder, pkg://PACKAGE/relative/path, or a hub id (only where a hub is reachable)")
     task: Task = "text-classification"
@@ -77,7 +80,9 @@ class Load(Pass):
         return model_facts(self.folder(), self.config.task, self._config())
 
     def fingerprint(self) -> str:
-        return content_hash(self.folder() / self.config.gguf_file if self.config.gguf_file else self.folder())
+        if self.config.gguf_file:  # the conversion's version travels with the file's hash: bumping it redoes only GGUF loads
+            return f"{content_hash(self.folder() / self.config.gguf_file)}:gguf-conversion-{GGUF_CONVERSION}"
+        return content_hash(self.folder())
 
     def run(self, ctx: PassContext) -> HFModel:
         facts = model_facts(self.folder(), self.config.task, self._config())
@@ -95,7 +100,7 @@ class Load(Pass):
     def _convert_gguf(self, ctx: PassContext) -> Path:
         """A plain model folder from a GGUF file: transformers dequantises on load but cannot save that object."""
         import torch
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
         cls = auto_class(self.config.task)
         with ctx.progress("dequantising GGUF weights", None):
@@ -107,5 +112,12 @@ class Load(Pass):
         clean.load_state_dict(loaded.state_dict())
         out = ctx.work_dir / "model"
         clean.save_pretrained(out)
-        AutoTokenizer.from_pretrained(self.folder(), gguf_file=self.config.gguf_file).save_pretrained(out)
+        # the GGUF tokenizer comes back as a CodeLlamaTokenizer whose saved form reloads with the wrong
+        # pre-tokenizer (spaces become unknown tokens): save its backend, which round-trips exactly
+        gguf_tok = AutoTokenizer.from_pretrained(self.folder(), gguf_file=self.config.gguf_file)
+        specials = {k: getattr(gguf_tok, k) for k in ("bos_token", "eos_token", "unk_token", "pad_token") if getattr(gguf_tok, k) is not None}
+        PreTrainedTokenizerFast(tokenizer_object=gguf_tok.backend_tokenizer, **specials).save_pretrained(out)
+        probe = "The quick brown fox jumps over the lazy dog, twice."
+        if AutoTokenizer.from_pretrained(out)(probe).input_ids != gguf_tok(probe).input_ids:
+            raise TailorfitError("the tokenizer converted from the GGUF file does not reproduce the original's tokens", "report this with --debug output")
         return out
