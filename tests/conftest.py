@@ -54,6 +54,18 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bert_classifier(tiny_bert, tmp_path_factory) -> Path:
+    """The tiny BERT with a (random) two-class head, as a fine-tuned classifier would be saved."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("bert-cls")
+    torch.manual_seed(0)  # the head is new: seed it so tests do not depend on which test ran first
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer LLaMA decoder with grouped-query attention."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -25,16 +25,6 @@ def _lower(folder, task, family, target, out):
     return wrapper, names, example, files
 
 
-@pytest.fixture(scope="module")
-def bert_classifier(tiny_bert, tmp_path_factory):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("bert-cls")
-    AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("target_name", TARGET_NAMES)
 @pytest.mark.parametrize("kind", ["bert", "llama", "gpt2"])
 def test_lowered_outputs_match_torch_at_other_shapes(target_name, kind, bert_classifier, tiny_llama, tiny_gpt2, tmp_path):

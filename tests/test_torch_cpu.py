@@ -23,16 +23,6 @@ TARGET = get_target("torch-cpu")
 # sessions here use one thread: on a shared 2-core machine, two OpenMP threads wait milliseconds per op for a busy core
 
 
-@pytest.fixture(scope="module")
-def bert_classifier(tiny_bert, tmp_path_factory):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("bert-cls")
-    AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
-    return folder
-
-
 def _wrapper(folder, kind):
     handle = HFModel(path=folder, task="text-classification" if kind == "bert" else "causal-lm", family=kind, name="t")
     net = load_torch_model(handle)
