@@ -17,6 +17,7 @@ class Node:
     step: Step
     pass_: Pass
     wiring: dict[str, list[str]] = field(default_factory=dict)  # port name -> upstream step ids
+    many: set[str] = field(default_factory=set)  # ports taking a list of handles
 
 
 class Pipeline:
@@ -51,6 +52,7 @@ class Pipeline:
         for pos, sid in enumerate(ids):
             node = self.nodes[sid]
             ports = {p.name: p for p in type(node.pass_).ports()}
+            node.many = {p.name for p in ports.values() if p.many}
             for name in node.step.inputs:
                 if name not in ports:
                     raise TailorfitError(

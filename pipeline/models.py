@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -151,6 +150,3 @@ def model_facts(path: Path, task: str, config: dict[str, Any] | None = None) -> 
         raise TailorfitError(f"task '{task}' does not fit a {family.name} model", "use image-classification for ViT, text-classification for text encoders")
     return {"family": family.name, "num_layers": layer_count(path) if (path / ARCHITECTURE).is_file() else num_layers(config), "model_type": config["model_type"], "task": task}
 
-
-def to_numpy_inputs(batch: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
-    return {n: np.asarray(batch[n]) for n in names}

@@ -77,7 +77,7 @@ def run_pipeline(
         for sid in pipe.order:
             node = pipe.nodes[sid]
             p = node.pass_
-            inputs: dict[str, Any] = {port: [outputs[u] for u in ups] if _is_many(p, port) else outputs[ups[0]] for port, ups in node.wiring.items()}
+            inputs: dict[str, Any] = {port: [outputs[u] for u in ups] if port in node.many else outputs[ups[0]] for port, ups in node.wiring.items()}
             fingerprint = p.fingerprint()  # hashes whole model folders: once per step
             key = step_key(p, inputs, fingerprint)
             record: dict[str, Any] = {"pass": p.name, "config": p.config.model_dump(mode="json"), "inputs": node.wiring, "key": key}
@@ -116,10 +116,6 @@ def run_pipeline(
     manifest.update(status="finished", finished=_now(), seconds=round(time.perf_counter() - t_run, 3), metrics=collect_metrics(outputs.values()))
     write_json_atomic(manifest_path, manifest)
     return RunResult(run_dir, manifest, outputs)
-
-
-def _is_many(p: Any, port: str) -> bool:
-    return next(x.many for x in type(p).ports() if x.name == port)
 
 
 def _set_threads(threads: int) -> None:
