@@ -40,17 +40,23 @@ def _tokenizer(folder: Path, kind: str):
     return len(vocab)
 
 
+def _save_tiny(tmp_path_factory, name: str, tokenizer_kind: str, build) -> Path:
+    """A folder with a word-level tokenizer and a seeded random model ``build(vocab_size)`` saved beside it."""
+    folder = tmp_path_factory.mktemp(name)
+    vocab = _tokenizer(folder, tokenizer_kind)
+    torch.manual_seed(0)
+    build(vocab).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer BERT encoder without a task head, like the default model."""
     from transformers import BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = _tokenizer(folder, "bert")
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    BertModel(cfg).save_pretrained(folder)
-    return folder
+    return _save_tiny(tmp_path_factory, "tiny-bert", "bert", lambda vocab: BertModel(BertConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+    )))
 
 
 @pytest.fixture(scope="session")
@@ -70,15 +76,10 @@ def tiny_llama(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer LLaMA decoder with grouped-query attention."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    vocab = _tokenizer(folder, "llama")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
+    return _save_tiny(tmp_path_factory, "tiny-llama", "llama", lambda vocab: LlamaForCausalLM(LlamaConfig(
         vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
         max_position_embeddings=128, eos_token_id=5, pad_token_id=0, bos_token_id=5,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    return folder
+    )))
 
 
 @pytest.fixture(scope="session")
@@ -156,8 +157,6 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer GPT-2 (fused Q|K|V Conv1D projections)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    vocab = _tokenizer(folder, "gpt2")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128, eos_token_id=5, bos_token_id=5)).save_pretrained(folder)
-    return folder
+    return _save_tiny(tmp_path_factory, "tiny-gpt2", "gpt2", lambda vocab: GPT2LMHeadModel(GPT2Config(
+        vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128, eos_token_id=5, bos_token_id=5,
+    )))
