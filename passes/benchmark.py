@@ -39,7 +39,7 @@ class Benchmark(Pass):
         lengths = c.sequence_lengths if "pixel_values" not in model.inputs else [0]
         with ctx.progress(f"timing {model.candidate} on {model.target}", len(lengths)) as bar:
             for length in lengths:
-                inputs = _inputs(model, length, rng)
+                inputs = synthetic_inputs(model, length, rng)
                 stats = measure_latency(lambda: run(inputs), c.warmup, c.runs, c.max_other_load, c.attempts)
                 if stats.busy:
                     ctx.log.warning("CPU busy while timing %s (other load %.2f cores): latency flagged", model.candidate, stats.other_cpu_load)
@@ -48,7 +48,7 @@ class Benchmark(Pass):
         return model.model_copy(update={"metrics": {**model.metrics, "latency": latency}})
 
 
-def _inputs(model: Lowered, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def synthetic_inputs(model: Lowered, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     config = read_config(model.source.path)
     if "pixel_values" in model.inputs:
         size = config.get("image_size", 224)

@@ -46,7 +46,7 @@ class Package(Pass):
         tmp.mkdir(parents=True)
         when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         manifest = ctx.extras.get("manifest", {})
-        steps_by_key = {s["key"]: sid for sid, s in manifest.get("steps", {}).items()}
+        steps_by_key = {s["key"]: sid for sid, s in manifest.get("steps", {}).items() if "key" in s}
         summary = {}
         for cand, by_target in sorted(groups.items()):
             folder = tmp / cand
@@ -55,6 +55,8 @@ class Package(Pass):
             load_preprocessor(source).save_pretrained(folder)
             shutil.copy2(source.path / "config.json", folder / "config.json")
             entry: dict[str, Any] = {"candidate": cand, "model": source.name, "task": source.task, "family": source.family, "notes": source.notes, "measured": when, "host": host_info(), "targets": {}}
+            if source.selection is not None:  # the search-time (validation) measurements, beside the final ones below
+                entry["selection"] = source.selection.model_dump(mode="json")
             for target_name, m in sorted(by_target.items()):
                 target = get_target(target_name)
                 dest = folder / target.folder
@@ -63,9 +65,9 @@ class Package(Pass):
                     _place(f, dest / f.name, self.config.link)
                 metrics = {
                     "step": steps_by_key.get(m.key, ""), "runtime": target.runtime, "files": [f"{target.folder}/{f.name}" for f in m.files],
-                    "size_mb": round(sum(f.stat().st_size for f in m.files) / 2**20, 3),
+                    "size_mb": round(_size(m) / 2**20, 3),
                     "precision": m.precision, "inference_precision": m.inference_precision, "policy": m.policy, **m.metrics,
-                    **_versus_baseline(m, groups),
+                    **_versus_baselines(m, groups),
                 }
                 entry["targets"][target_name] = metrics
             (folder / "metrics.json").write_text(json.dumps(entry, indent=2, default=str))
@@ -93,29 +95,43 @@ def _place(src: Path, dst: Path, link: bool) -> None:
     shutil.copy2(src, dst)
 
 
-def _baseline(m: Lowered, groups: dict[str, dict[str, Lowered]]) -> Lowered | None:
-    """The unquantized f32 model of the same source on the same target, if the run has one."""
+def _origin(m: Lowered) -> str:
+    """The cache key of the model a lowered branch descends from: a searched sub-network counts as its unpruned model's."""
+    return m.source.selection.origin if m.source.selection else m.source.key
+
+
+def _baseline(m: Lowered, groups: dict[str, dict[str, Lowered]], precision: str) -> Lowered | None:
+    """The unpruned model of the same origin on the same target, in f32 (``fp32``) or fully INT8, if the run has one."""
     for by_target in groups.values():
         b = by_target.get(m.target)
-        if b is not None and b is not m and b.precision == "fp32" and b.inference_precision == "f32" and b.source.key == m.source.key:
+        if (b is not None and b is not m and b.source.selection is None and _origin(b) == _origin(m)
+                and b.precision == precision and b.inference_precision == "f32"):
             return b
     return None
 
 
-def _versus_baseline(m: Lowered, groups: dict[str, dict[str, Lowered]]) -> dict[str, Any]:
-    base = _baseline(m, groups)
-    if base is None:
-        return {}
-    out: dict[str, Any] = {"baseline": base.candidate}
-    if "latency" in m.metrics and "latency" in base.metrics:
-        out["latency_ratio_vs_baseline"] = {
-            k: round(v["median_ms"] / base.metrics["latency"][k]["median_ms"], 4) for k, v in m.metrics["latency"].items() if k in base.metrics["latency"]
-        }
-    if "predictions" in m.reports and "predictions" in base.reports and "accuracy" in m.metrics:
-        mine, theirs = _correct_by_id(m.reports["predictions"]), _correct_by_id(base.reports["predictions"])
-        ids = sorted(set(mine) & set(theirs))
-        out["accuracy_change_vs_baseline"] = paired_difference(np.array([mine[i] for i in ids]), np.array([theirs[i] for i in ids]))
-    return out
+def _versus_baselines(m: Lowered, groups: dict[str, dict[str, Lowered]]) -> dict[str, Any]:
+    """Latency and size ratios and the paired accuracy change against the FP32 and fully-INT8 unpruned models."""
+    out: dict[str, Any] = {}
+    for precision in ("fp32", "int8"):
+        base = _baseline(m, groups, precision)
+        if base is None:
+            continue
+        versus: dict[str, Any] = {"candidate": base.candidate, "size_ratio": round(_size(m) / _size(base), 4)}
+        if "latency" in m.metrics and "latency" in base.metrics:
+            versus["latency_ratio"] = {
+                k: round(v["median_ms"] / base.metrics["latency"][k]["median_ms"], 4) for k, v in m.metrics["latency"].items() if k in base.metrics["latency"]
+            }
+        if "predictions" in m.reports and "predictions" in base.reports and "accuracy" in m.metrics:
+            mine, theirs = _correct_by_id(m.reports["predictions"]), _correct_by_id(base.reports["predictions"])
+            ids = sorted(set(mine) & set(theirs))
+            versus["accuracy_change"] = paired_difference(np.array([mine[i] for i in ids]), np.array([theirs[i] for i in ids]))
+        out[precision] = versus
+    return {"versus": out} if out else {}
+
+
+def _size(m: Lowered) -> int:
+    return sum(f.stat().st_size for f in m.files)
 
 
 def _correct_by_id(path: Path) -> dict[int, int]:

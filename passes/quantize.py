@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -26,14 +26,15 @@ from tailorfit.targets.base import read_linear_map
 
 
 class QuantizeConfig(PassConfig):
-    policy: QuantizationPolicy = Field(default=QuantizationPolicy(), description="'int8', or {default, head, layers: {'3': fp32, '*.ffn_down': fp32}}")
+    policy: QuantizationPolicy | Literal["selected"] = Field(
+        default=QuantizationPolicy(), description="'int8', {default, head, layers: {'3': fp32, '*.ffn_down': fp32}}, or 'selected' (the policy a search chose for the model)")
     calibration_samples: int = Field(default=300, ge=1)
     max_length: int = Field(default=128, ge=8, description="tokens per calibration example / window")
 
     @field_validator("policy", mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
-        return {"default": value} if isinstance(value, str) else value
+        return {"default": value} if isinstance(value, str) and value != "selected" else value
 
 
 class Quantize(Pass):
@@ -42,11 +43,12 @@ class Quantize(Pass):
     packages = ("openvino", "nncf", "onnxruntime", "onnx", "neural-compressor-pt", "torchao")
 
     def preflight(self, facts: dict[str, Any]) -> None:
-        if "num_layers" in facts:
-            self._resolve(facts["num_layers"])
+        if "num_layers" in facts and self.config.policy != "selected":
+            self._resolve(self.config.policy, facts["num_layers"])
 
-    def _resolve(self, layers: int) -> dict[str, str]:
-        resolved = self.config.policy.resolve(layers)
+    @staticmethod
+    def _resolve(policy: QuantizationPolicy, layers: int) -> dict[str, str]:
+        resolved = policy.resolve(layers)
         if set(resolved.values()) == {"fp32"}:
             raise TailorfitError("the quantization policy keeps every layer fp32", "drop the quantize step, or make some layers int8")
         return resolved
@@ -54,9 +56,17 @@ class Quantize(Pass):
     def run(self, ctx: PassContext, model: Lowered, data: Dataset) -> Lowered:
         if model.precision != "fp32":
             raise TailorfitError(f"quantize needs an FP32 lowered model, got a {model.precision} one", "feed quantize from a lower step")
+        policy = self.config.policy
+        if policy == "selected":
+            if model.source.selection is None:
+                raise TailorfitError(f"quantize was asked for the selected policy, but {model.source.name} was not picked by a search", "feed it from a select step, or give a policy")
+            policy = model.source.selection.policy
+            if not any(p != "fp32" for p in policy.resolve(layer_count(model.source.path)).values()):
+                ctx.log.info("the selected candidate runs in FP32: nothing to quantize")
+                return model
         target = get_target(model.target)
         family = family_by_name(model.source.family)
-        resolved = self._resolve(layer_count(model.source.path))
+        resolved = self._resolve(policy, layer_count(model.source.path))
         expected = {}
         for node, module in read_linear_map(model.files).items():
             where = family.classify(module)

@@ -12,3 +12,12 @@ class TailorfitError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem} — {fix}" if fix else problem)
+
+
+class StepSkipped(Exception):
+    """A step has nothing to produce (say, no searched candidate meets a selection rule).
+
+    The runner records the reason, skips the steps that need its output, and lets list inputs
+    (``package``) go on with the branches that exist: the run packages nothing rather than
+    something that breaks the rule.
+    """

@@ -11,7 +11,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .search_space import SearchSpace
+from .policy import QuantizationPolicy
+from .search_space import SearchSpace, SubnetConfig
 
 Task = Literal["text-classification", "causal-lm", "image-classification"]
 
@@ -41,6 +42,19 @@ class Handle(BaseModel):
         return type(self).model_validate(move(self.model_dump(mode="json")))
 
 
+class Selection(BaseModel):
+    """Why a model exists: the search candidate ``select`` picked, the policy it was searched with, and what the
+    search measured for it (validation split), to set beside the final measurements."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    candidate: str
+    rule: str
+    origin: str  # cache key of the model the super-network was built from: its FP32 / INT8 branches are the baselines
+    subnet: SubnetConfig
+    policy: QuantizationPolicy
+    search_metrics: dict[str, Any]
+
+
 class HFModel(Handle):
     """A Hugging Face model directory (config, weights, tokenizer) and its task."""
 
@@ -50,6 +64,7 @@ class HFModel(Handle):
     name: str
     num_labels: int | None = None
     notes: list[str] = []  # caveats every model card derived from it must state
+    selection: Selection | None = None  # set by ``select``: the searched candidate this model is
 
 
 class Dataset(Handle):
@@ -88,6 +103,21 @@ class SuperNet(Handle):
     space: SearchSpace
 
 
+class SearchResult(Handle):
+    """A finished search: its folder (evaluation store, Pareto front, history, plots) and the front itself.
+
+    ``front`` rows: ``{id, subnet, policy, metrics}`` with the policy numbered as the extracted model's layers;
+    ``baselines``: the unpruned model's stored records (``fp32``, ``int8``), measured in the same search.
+    """
+
+    path: Path
+    supernet: SuperNet
+    target: str
+    objectives: list[str]
+    baselines: dict[str, dict[str, Any]]
+    front: list[dict[str, Any]]
+
+
 class Artifact(Handle):
     """A packaged run directory: candidates with their runtime files, metrics and model cards."""
 
@@ -95,4 +125,4 @@ class Artifact(Handle):
     candidates: list[str]
 
 
-HANDLE_KINDS: dict[str, type[Handle]] = {h.kind: h for h in (HFModel, Dataset, Lowered, SuperNet, Artifact)}
+HANDLE_KINDS: dict[str, type[Handle]] = {h.kind: h for h in (HFModel, Dataset, Lowered, SuperNet, SearchResult, Artifact)}

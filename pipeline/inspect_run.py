@@ -38,7 +38,7 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
             lat = m.get("latency", {})
             med = " / ".join(f"{v['median_ms']:.2f}@{k}" for k, v in lat.items()) or "—"
             p90 = " / ".join(f"{v['p90_ms']:.2f}" for v in lat.values()) or "—"
-            ratio = " / ".join(f"{v:.2f}" for v in m.get("latency_ratio_vs_baseline", {}).values()) or "—"
+            ratio = " / ".join(f"{v:.2f}" for v in m.get("versus", {}).get("fp32", {}).get("latency_ratio", {}).values()) or "—"
             table.add_row(cand, target, m["precision"], m["inference_precision"], quality, ci, med, p90, f"{m['size_mb']:.1f}", ratio)
     return table
 

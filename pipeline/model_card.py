@@ -62,7 +62,7 @@ def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
         f"Measured {entry['measured']} on {host['cpu']} ({host['logical_cores']} logical cores; {', '.join(host['isa']) or 'no AVX-512'}).",
         "Every number below comes from the runtime that serves the files in the same row.",
         "",
-        "| target | weights | inference precision | quality | latency median / p90 (ms) | size (MB) | vs FP32 baseline |",
+        "| target | weights | inference precision | quality | latency median / p90 (ms) | size (MB) | vs the unpruned model |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for target, m in entry["targets"].items():
@@ -70,12 +70,24 @@ def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
             f"seq {k}: {v['median_ms']:.2f} / {v['p90_ms']:.2f} ({v['threads']} thr{', BUSY' if v['busy'] else ''})" for k, v in m.get("latency", {}).items()
         ) or "not measured"
         versus = []
-        if "accuracy_change_vs_baseline" in m:
-            d = m["accuracy_change_vs_baseline"]
-            versus.append(f"accuracy {d['difference'] * 100:+.2f} pts (95% CI {d['ci_low'] * 100:+.2f}–{d['ci_high'] * 100:+.2f}, paired, n={d['n']})")
-        if "latency_ratio_vs_baseline" in m:
-            versus.append("latency x" + ", x".join(f"{r:.2f} (seq {k})" for k, r in m["latency_ratio_vs_baseline"].items()))
-        lines.append(f"| {target} | {m['precision']} | {m['inference_precision']} | {_quality(m)} | {lat} | {m['size_mb']:.1f} | {'; '.join(versus) or '—'} |")
+        for name, v in m.get("versus", {}).items():
+            parts = [f"size x{v['size_ratio']:.2f}"]
+            if "latency_ratio" in v:
+                parts.append("latency " + ", ".join(f"x{r:.2f} (seq {k})" for k, r in v["latency_ratio"].items()))
+            if "accuracy_change" in v:
+                d = v["accuracy_change"]
+                parts.append(f"accuracy {d['difference'] * 100:+.2f} pts (95% CI {d['ci_low'] * 100:+.2f}–{d['ci_high'] * 100:+.2f}, paired, n={d['n']})")
+            versus.append(f"vs unpruned {name.upper()}: " + "; ".join(parts))
+        lines.append(f"| {target} | {m['precision']} | {m['inference_precision']} | {_quality(m)} | {lat} | {m['size_mb']:.1f} | {'<br>'.join(versus) or '—'} |")
+    selection = entry.get("selection")
+    if selection:
+        sm = selection["search_metrics"]
+        kept = [c for c in selection["subnet"]["layers"] if c["keep"]]
+        lines += ["", "## Found by search", "",
+                  f"Picked by `{selection['rule']}` as search candidate `{selection['candidate']}`: {len(kept)} of {len(selection['subnet']['layers'])} layers, "
+                  f"heads {'/'.join(str(c['heads']) for c in kept)}, FFN {'/'.join(str(c['ffn']) for c in kept)}.",
+                  f"At search time ({sm['split']} split, {sm['target']}): accuracy {sm['accuracy'] * 100:.2f}% "
+                  f"(cheap PyTorch estimate {sm['accuracy_estimate'] * 100:.2f}%), latency {sm['latency_ms']:.2f} ms, {sm['size_mb']:.1f} MB; the table above is measured afresh on the test split."]
     lines += ["", "## How it was made", "", "The steps this candidate came from, in order, with their configs:", ""]
     steps = manifest.get("steps", {})
     lineage = _ancestors(steps, {m["step"] for m in entry["targets"].values() if "step" in m})

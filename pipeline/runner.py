@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from .cache import Cache, package_versions, step_key, write_json_atomic
 from .console import ProgressDisplay, setup_logging
 from .contract import PassContext
-from .errors import TailorfitError
+from .errors import StepSkipped, TailorfitError
 from .graph import Pipeline
 from .handles import Handle, Lowered
 from .host import default_threads, host_info
@@ -77,7 +77,11 @@ def run_pipeline(
         for sid in pipe.order:
             node = pipe.nodes[sid]
             p = node.pass_
-            inputs: dict[str, Any] = {port: [outputs[u] for u in ups] if port in node.many else outputs[ups[0]] for port, ups in node.wiring.items()}
+            inputs = _available_inputs(node.wiring, node.many, outputs)
+            if isinstance(inputs, str):
+                manifest["steps"][sid] = {"pass": p.name, "inputs": node.wiring, "skipped": inputs}
+                log.info("%s: skipped (%s)", sid, inputs)
+                continue
             fingerprint = p.fingerprint()  # hashes whole model folders: once per step
             key = step_key(p, inputs, fingerprint)
             record: dict[str, Any] = {"pass": p.name, "config": p.config.model_dump(mode="json"), "inputs": node.wiring, "key": key}
@@ -98,6 +102,12 @@ def run_pipeline(
                     # libraries print progress to stdout; keep stdout for results (the CLI prints the run directory there)
                     with contextlib.redirect_stdout(sys.stderr):
                         handle = p.run(ctx, **inputs)
+                except StepSkipped as skip:
+                    shutil.rmtree(work, ignore_errors=True)
+                    manifest["steps"][sid] = {**record, "skipped": str(skip)}
+                    write_json_atomic(manifest_path, manifest)
+                    log.warning("%s: skipped: %s", sid, skip)
+                    continue
                 except BaseException as exc:
                     if isinstance(exc, TailorfitError):  # bad input: nothing worth resuming from
                         shutil.rmtree(work, ignore_errors=True)
@@ -116,6 +126,20 @@ def run_pipeline(
     manifest.update(status="finished", finished=_now(), seconds=round(time.perf_counter() - t_run, 3), metrics=collect_metrics(outputs.values()))
     write_json_atomic(manifest_path, manifest)
     return RunResult(run_dir, manifest, outputs)
+
+
+def _available_inputs(wiring: dict[str, list[str]], many: set[str], outputs: dict[str, Handle]) -> dict[str, Any] | str:
+    """The step's inputs, or why it is skipped: a single input from a skipped step, or a list input with no branch left."""
+    inputs: dict[str, Any] = {}
+    for port, ups in wiring.items():
+        present = [outputs[u] for u in ups if u in outputs]
+        if port in many and present:
+            inputs[port] = present
+        elif port not in many and present:
+            inputs[port] = present[0]
+        else:
+            return f"its input '{port}' comes from skipped step(s) {', '.join(u for u in ups if u not in outputs)}"
+    return inputs
 
 
 def _set_threads(threads: int) -> None:
