@@ -60,6 +60,7 @@ class SearchConfig(PassConfig, SearchSettings):
     sequence_length: int = Field(default=128, ge=1, description="tokens per input when timing (batch 1)")
     latency_runs: int = Field(default=30, ge=10, description="timed runs per candidate (median kept)")
     calibration_samples: int = Field(default=64, ge=1, description="quantization calibration rows per candidate")
+    near_largest: float = Field(default=0.5, ge=0, le=1, description="share of random candidates drawn near the unpruned architecture (the rest: uniform depth)")
     hv_accuracy_margin: float = Field(default=10.0, gt=0, description="hypervolume reference: this many accuracy points below the FP32 baseline")
     store: Path | None = Field(default=None, description="an evaluation store to resume or warm-start from (default: one in the step's folder)")
     seed: int | None = Field(default=None, description="default: the recipe's seed")  # type: ignore[assignment]
@@ -77,7 +78,7 @@ class SearchConfig(PassConfig, SearchSettings):
 
 class Search(Pass):
     name = "search"
-    version = 1
+    version = 2  # 2: random candidates drawn by depth and near the unpruned model, not uniformly per gene
     Config = SearchConfig
     packages = ("torch", "transformers", "openvino", "nncf", "onnxruntime", "pymoo", "scikit-learn")
 
@@ -101,7 +102,8 @@ class Search(Pass):
         evaluator = CandidateEvaluator(ctx, supernet, data, c)
         try:
             baselines = self._baselines(genome, store, evaluator)
-            problem = IntegerProblem(*genome.bounds(), n_obj=len(c.objectives), n_constr=len(_constraints(c)), canonical=genome.canonical)
+            problem = IntegerProblem(*genome.bounds(), n_obj=len(c.objectives), n_constr=len(_constraints(c)), canonical=genome.canonical,
+                                     sample=lambda rng, k: genome.sample(rng, k, c.near_largest))
             settings = SearchSettings(**c.model_dump(include=set(SearchSettings.model_fields)) | {"seed": ctx.seed if c.seed is None else c.seed})
             with ctx.progress(f"measuring candidates on {c.target}", c.budget) as bar:
                 def measure(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

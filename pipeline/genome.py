@@ -84,6 +84,27 @@ class Genome:
             rows[removed, 3 + LINEAR_GROUPS.index("ffn_down")] = 0
         return self._join(rows, head)
 
+    def sample(self, rng: np.random.Generator, k: int, near_largest: float = 0.5) -> np.ndarray:
+        """``k`` random canonical genomes, precision genes uniform. A ``near_largest`` share perturbs the unpruned
+        architecture (each layer, with probability 1/layers, loses a head step, an FFN step or itself); the rest
+        draw a depth uniformly, then the layers and widths. Uniform genes would keep half the layers on average
+        and make most candidates far weaker than an accuracy constraint near the unpruned model allows."""
+        s, (lower, upper) = self.space, self.bounds()
+        n, out = s.num_layers, []
+        for _ in range(k):
+            rows, head = self._split(rng.integers(lower, upper + 1))
+            rows = rows.copy()
+            if rng.random() < near_largest:
+                rows[:, 0], rows[:, 1], rows[:, 2] = 1, len(s.head_choices) - 1, len(s.ffn_choices) - 1
+                for i in np.flatnonzero(rng.random(n) < 1 / n):
+                    col = int(rng.integers(0 if s.skippable else 1, 3))  # 0: skip the layer, 1: heads, 2: FFN
+                    rows[i, col] = max(rows[i, col] - 1, 0) if col else 0
+            elif s.skippable:
+                kept = rng.choice(n, size=int(rng.integers(s.min_layers, n + 1)), replace=False)
+                rows[:, 0] = np.isin(np.arange(n), kept)
+            out.append(self.canonical(self._join(rows, head)))
+        return np.array(out, dtype=int)
+
     def decode(self, genome: np.ndarray) -> Candidate:
         genome = self.canonical(genome)
         rows, head = self._split(genome)

@@ -72,6 +72,9 @@ class IntegerProblem:
     n_constr: int = 0  # constraints, feasible when value <= 0
     # Genomes with equal canonical forms are one candidate (e.g. genes of a skipped layer).
     canonical: Callable[[np.ndarray], np.ndarray] | None = None
+    # sample(rng, k) -> (k, n_var) genomes: how random candidates are drawn (the initial population of every
+    # algorithm and random search); default uniform per gene.
+    sample: Callable[[np.random.Generator, int], np.ndarray] | None = None
 
 
 # measure(X (k, n_var) int, canonical, never measured) -> (F (k, n_obj), G (k, n_constr)); slow.
@@ -198,9 +201,9 @@ def _evaluated(problem: _PymooProblem, pop: Population, F: np.ndarray, G: np.nda
     return pop
 
 
-def _algorithm(name: str, pop_size: int, n_obj: int):
+def _algorithm(name: str, pop_size: int, n_obj: int, sampling: Any = None):
     # pymoo's recipe for integer variables: real-valued SBX/PM, then round.
-    ops = dict(sampling=IntegerRandomSampling(), eliminate_duplicates=True,
+    ops = dict(sampling=IntegerRandomSampling() if sampling is None else sampling, eliminate_duplicates=True,
                crossover=SBX(prob=1.0, eta=3.0, vtype=float, repair=RoundingRepair()),
                mutation=PM(prob=1.0, eta=3.0, vtype=float, repair=RoundingRepair()))
     if name == "nsga2":
@@ -245,9 +248,14 @@ class _Search:
         for _ in range(_MAX_FRUITLESS):
             if len(out) >= k:
                 break
-            draw = self.rng.integers(self.p.lower, np.asarray(self.p.upper) + 1, size=(k, len(self.p.lower)))
+            draw = self.draw(k)
             out += self.fresh(draw, k - len(out), taken)
         return out
+
+    def draw(self, k: int) -> np.ndarray:
+        if self.p.sample is not None:
+            return self.p.sample(self.rng, k)
+        return self.rng.integers(self.p.lower, np.asarray(self.p.upper) + 1, size=(k, len(self.p.lower)))
 
     def measure_rows(self, rows: list[np.ndarray]) -> list[int]:
         X = np.array(rows, np.int64)
@@ -276,7 +284,9 @@ class _Search:
 
     def evolve(self) -> None:
         pp = _PymooProblem(self.p, self.canon)
-        algo = _algorithm(self.s.algorithm, self.s.initial, self.p.n_obj)
+        # the same initial distribution as the other algorithms, when the problem has its own sampler
+        start = None if self.p.sample is None else np.array(self.random_new(self.s.initial), float)
+        algo = _algorithm(self.s.algorithm, self.s.initial, self.p.n_obj, start)
         algo.setup(pp, termination=NoTermination(), seed=self.s.seed)
         fruitless = 0
         while self.left() > 0 and fruitless < _MAX_FRUITLESS:

@@ -258,3 +258,19 @@ def test_linas_search_runs_deterministically_given_the_same_measurements():
     first = run_search(problem, measure, settings)
     second = run_search(problem, measure, settings)
     assert (first.X == second.X).all() and len(first.X) == 12
+
+
+def test_sampled_genomes_are_canonical_and_spread_by_depth_or_near_the_unpruned_model():
+    genome = Genome(SPACE)
+    rng = np.random.default_rng(0)
+    near = genome.sample(rng, 300, near_largest=1.0)
+    changed = []
+    for g in near:
+        assert (genome.canonical(g) == g).all()
+        layers = genome.decode(g).subnet.layers
+        # every layer is the unpruned one, one step narrower in heads or FFN, or skipped
+        assert all(not c.keep or (c.heads, c.ffn) in {(4, 64), (2, 64), (4, 32)} for c in layers)
+        changed.append(sum(not c.keep or (c.heads, c.ffn) != (4, 64) for c in layers))
+    assert 0.7 < np.mean(changed) < 1.3  # one layer in expectation
+    depths = np.array([len(genome.decode(g).subnet.kept()) for g in genome.sample(rng, 300, near_largest=0.0)])
+    assert all(60 < (depths == d).sum() < 140 for d in (2, 3, 4))  # depth uniform over min_layers..layers
