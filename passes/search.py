@@ -8,7 +8,8 @@ A candidate is measured for real by the same passes a recipe would run — extra
 policy, evaluate on the validation split on the target runtime — plus its latency on the target (batch 1) and
 the cheap estimate: the extracted weights in PyTorch with the policy simulated by fake quantization. The
 recipe picks which accuracy drives the search; both are recorded so their rank agreement is reported.
-The unpruned model in FP32 and fully INT8 is measured first, in the same run, as the baselines.
+The unpruned model in FP32 and fully INT8 is measured first, in the same run, as the baselines. Latency is
+timed round-robin with the unpruned FP32 model kept loaded, and the search optimises that paired ratio.
 A killed search resumes from the store: the search replays deterministically, answering stored candidates.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tailorfit.pipeline.policy import QuantizationPolicy
 from tailorfit.pipeline.multiobjective import IntegerProblem, SearchSettings, run_search
 from tailorfit.pipeline.search_report import OBJECTIVES, objective_matrix, write_report
 from tailorfit.targets import TARGETS, get_target
-from tailorfit.targets.timing import measure_latency
+from tailorfit.targets.timing import measure_interleaved
 
 from .benchmark import synthetic_inputs
 from .evaluate import Evaluate, EvaluateConfig
@@ -58,7 +59,7 @@ class SearchConfig(PassConfig, SearchSettings):
     max_latency_ms: float | None = Field(default=None, gt=0, description="constraint: median latency at sequence_length")
     max_size_mb: float | None = Field(default=None, gt=0, description="constraint: model files on disk")
     sequence_length: int = Field(default=128, ge=1, description="tokens per input when timing (batch 1)")
-    latency_runs: int = Field(default=30, ge=10, description="timed runs per candidate (median kept)")
+    latency_runs: int = Field(default=50, ge=10, description="timed rounds per candidate, each interleaved with the unpruned FP32 model")
     calibration_samples: int = Field(default=64, ge=1, description="quantization calibration rows per candidate")
     near_largest: float = Field(default=0.5, ge=0, le=1, description="share of random candidates drawn near the unpruned architecture (the rest: uniform depth)")
     hv_accuracy_margin: float = Field(default=10.0, gt=0, description="hypervolume reference: this many accuracy points below the FP32 baseline")
@@ -78,7 +79,7 @@ class SearchConfig(PassConfig, SearchSettings):
 
 class Search(Pass):
     name = "search"
-    version = 2  # 2: random candidates drawn by depth and near the unpruned model, not uniformly per gene
+    version = 3  # 3: latency as a ratio to the unpruned FP32 model timed interleaved with each candidate
     Config = SearchConfig
     packages = ("torch", "transformers", "openvino", "nncf", "onnxruntime", "pymoo", "scikit-learn")
 
@@ -164,6 +165,8 @@ class CandidateEvaluator:
         self.preprocessor = load_preprocessor(supernet.source)
         self.log = logging.getLogger(f"tailorfit.{ctx.step_id}.candidate")
         self.log.setLevel(logging.WARNING)  # the inner passes' info lines would drown the search's own
+        self._reference_model: Lowered | None = None
+        self._reference_run = None
 
     def _stage(self, candidate: Candidate, stage: str) -> PassContext:
         work = self.ctx.work_dir / "inflight" / candidate.id / stage
@@ -198,7 +201,7 @@ class CandidateEvaluator:
         metrics["accuracy"] = evaluated.metrics["accuracy"]
         timings["evaluate"] = time.perf_counter() - t
         t = time.perf_counter()
-        metrics["latency_ms"] = self._latency(lowered)
+        metrics.update(self._latency(lowered))
         timings["latency"] = time.perf_counter() - t
         t = time.perf_counter()
         metrics["estimate_correct"] = self._estimate(dense, candidate)
@@ -208,10 +211,38 @@ class CandidateEvaluator:
         shutil.rmtree(self.ctx.work_dir / "inflight", ignore_errors=True)
         return metrics
 
-    def _latency(self, lowered: Lowered) -> float:
+    def _reference(self) -> Lowered:
+        """The unpruned FP32 model on the target, kept loaded: every candidate is timed interleaved with it."""
+        if self._reference_model is None:
+            folder = self.ctx.work_dir / "reference"
+            if not (folder / "lowered.json").is_file():
+                tmp = self.ctx.work_dir / "reference.partial"
+                shutil.rmtree(tmp, ignore_errors=True)
+                stage = lambda name: PassContext(step_id=f"{self.ctx.step_id}:reference", work_dir=(tmp / name), run_dir=self.ctx.run_dir,  # noqa: E731
+                                                 seed=self.ctx.seed, threads=self.ctx.threads, log=self.log)
+                (tmp / "extract").mkdir(parents=True)
+                (tmp / "lower").mkdir()
+                dense = Extract(ExtractConfig(subnet="largest", name="reference")).run(stage("extract"), supernet=self.supernet)
+                lowered = Lower(LowerConfig(target=self.config.target)).run(stage("lower"), model=dense)
+                (tmp / "lowered.json").write_text(lowered.model_dump_json())
+                shutil.rmtree(folder, ignore_errors=True)
+                tmp.rename(folder)
+            self._reference_model = Lowered.model_validate_json((folder / "lowered.json").read_text()).relocate(self.ctx.work_dir / "reference.partial", folder)
+            self._reference_run = get_target(self.config.target).session(self._reference_model.files, self.ctx.threads, self._reference_model.inference_precision)
+        return self._reference_model
+
+    def _latency(self, lowered: Lowered) -> dict[str, float]:
+        """Median latency, and its ratio to the unpruned FP32 model timed round-robin with it: the ratio is what the
+        search optimises, because on a shared machine medians of separate measurements drift by tens of percent."""
+        reference = self._reference()
         run = get_target(lowered.target).session(lowered.files, self.ctx.threads, lowered.inference_precision)
-        inputs = synthetic_inputs(lowered, self.config.sequence_length, np.random.default_rng(self.ctx.seed))
-        return measure_latency(lambda: run(inputs), warmup=5, runs=self.config.latency_runs).median_ms
+        rng = np.random.default_rng(self.ctx.seed)
+        inputs = synthetic_inputs(lowered, self.config.sequence_length, rng)
+        ref_inputs = synthetic_inputs(reference, self.config.sequence_length, rng)
+        timed = measure_interleaved({"candidate": lambda: run(inputs), "reference": lambda: self._reference_run(ref_inputs)},
+                                    warmup=5, rounds=self.config.latency_runs)
+        return {"latency_ms": timed.stats["candidate"].median_ms, "reference_latency_ms": timed.stats["reference"].median_ms,
+                "latency_ratio": timed.ratio("candidate", "reference"), "latency_other_cpu_load": timed.stats["candidate"].other_cpu_load}
 
     def _estimate(self, dense, candidate: Candidate) -> str:
         """Per-example correctness of the extracted PyTorch weights with the policy fake-quantized."""

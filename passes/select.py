@@ -10,6 +10,8 @@ read the validation-split measurements of the search:
 - ``most_accurate``: highest accuracy on the front;
 - ``knee``: the front point farthest from the line joining its two extremes (latency vs accuracy, normalised).
 
+Latency here is the search's paired ratio to the unpruned FP32 model (timed interleaved with it).
+
 When no candidate satisfies the rule the step is skipped, with the reason in the manifest: nothing that breaks
 the rule gets packaged.
 """
@@ -42,8 +44,8 @@ class Select(Pass):
 
     def run(self, ctx: PassContext, search: SearchResult) -> HFModel:
         row = self._pick(search.front)
-        ctx.log.info("%s: candidate %s, validation accuracy %.2f%% (%+.2f pts vs FP32), %.2f ms on %s", self.config.rule, row["id"],
-                     100 * row["metrics"]["accuracy"], 100 * row["metrics"]["accuracy_change_vs_fp32"]["difference"], row["metrics"]["latency_ms"], search.target)
+        ctx.log.info("%s: candidate %s, validation accuracy %.2f%% (%+.2f pts vs FP32), latency x%.2f of FP32 on %s", self.config.rule, row["id"],
+                     100 * row["metrics"]["accuracy"], 100 * row["metrics"]["accuracy_change_vs_fp32"]["difference"], row["metrics"]["latency_ratio"], search.target)
         subnet = SubnetConfig.model_validate(row["subnet"])
         name = self.config.name or f"{self.config.rule.replace('_', '-')}-{row['id']}"
         dense = Extract(ExtractConfig(subnet=subnet, name=name)).run(ctx, supernet=search.supernet)
@@ -69,14 +71,14 @@ class Select(Pass):
         if not eligible:
             best = min(-100 * r["metrics"]["accuracy_change_vs_fp32"]["difference"] for r in front)
             raise StepSkipped(f"no Pareto candidate is within {c.max_accuracy_drop} accuracy points of FP32 (the closest is {best:.2f} below)")
-        metric = "latency_ms" if c.rule == "fastest" else "size_mb"
+        metric = "latency_ratio" if c.rule == "fastest" else "size_mb"
         return min(eligible, key=lambda r: (r["metrics"][metric], -r["metrics"]["accuracy"]))
 
 
 def _knee(front: list[dict[str, Any]]) -> dict[str, Any]:
     if len(front) < 3:
         return max(front, key=lambda r: r["metrics"]["accuracy"])
-    pts = np.array([[r["metrics"]["latency_ms"], r["metrics"]["accuracy"]] for r in front])
+    pts = np.array([[r["metrics"]["latency_ratio"], r["metrics"]["accuracy"]] for r in front])
     pts = (pts - pts.min(0)) / np.maximum(pts.max(0) - pts.min(0), 1e-12)
     a, b = pts[pts[:, 0].argmin()], pts[pts[:, 0].argmax()]
     direction = (b - a) / max(np.linalg.norm(b - a), 1e-12)

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import typing
+from pathlib import Path
 
 from rich.console import Console
 
@@ -49,7 +50,9 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
 
     if args.json:
         manifest, metrics = read_run(args.run_dir)
-        print(json.dumps({"manifest": manifest, "metrics": metrics}, indent=2))
+        searches = {f.parent.name: {**json.loads(f.read_text()), "front": json.loads((f.parent / "pareto.json").read_text())}
+                    for f in sorted(Path(args.run_dir, "search").glob("*/history.json"))}
+        print(json.dumps({"manifest": manifest, "metrics": metrics, "searches": searches}, indent=2))
     else:
         print_run(args.run_dir)
 

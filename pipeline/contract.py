@@ -3,7 +3,8 @@
 A pass is a class with a ``name`` (used in recipes), a typed ``Config`` and a
 ``run(ctx, **inputs) -> Handle`` method. Its input ports and output kind are read from
 ``run``'s type hints, so they cannot drift from the code: ``model: HFModel`` is a port
-taking one handle, ``models: list[Lowered]`` a port taking every matching branch.
+taking one handle, ``models: list[Lowered]`` a port taking every matching branch (with a default,
+``searches: list[SearchResult] = ()``, one that may take none).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class Port:
     name: str
     kind: type[Handle]
     many: bool = False
+    optional: bool = False  # a list port with a default may find no branch to take
 
 
 class ProgressTask:
@@ -109,11 +111,11 @@ class Pass:
     def ports(cls) -> list[Port]:
         hints = typing.get_type_hints(cls.run)
         ports = []
-        for pname in list(inspect.signature(cls.run).parameters)[2:]:
+        for pname, param in list(inspect.signature(cls.run).parameters.items())[2:]:
             hint = hints[pname]
             many = typing.get_origin(hint) is list
             kind = typing.get_args(hint)[0] if many else hint
-            ports.append(Port(pname, kind, many))
+            ports.append(Port(pname, kind, many, optional=many and param.default is not inspect.Parameter.empty))
         return ports
 
     @classmethod

@@ -77,10 +77,12 @@ class Pipeline:
                         )
                     ups = [earlier[-1]]
                 node.wiring[port.name] = ups
-                consumed.update(u for u in ups if issubclass(self._produces(u), port.kind))
+                # a handle is superseded when a step turns it into another of its kind (lower → evaluate), not when
+                # it is only read (select reads a SearchResult, which package still wants)
+                consumed.update(u for u in ups if issubclass(self._produces(u), port.kind) and issubclass(self._produces(sid), self._produces(u)))
         for node, port in list_ports:
             leaves = [u for u in ids if u != node.step.id and issubclass(self._produces(u), port.kind) and u not in consumed]
-            if not leaves:
+            if not leaves and not port.optional:
                 raise TailorfitError(
                     f"step '{node.step.id}' (pass {node.step.pass_name}) needs {port.kind.kind} inputs but no step produces one",
                     f"add a step producing {port.kind.kind}, or set inputs.{port.name}",

@@ -64,7 +64,31 @@ def print_run(run_dir: str | Path, console: Console | None = None) -> None:
     for sid in manifest["order"]:
         s = manifest["steps"].get(sid)
         if s:
-            steps.add_row(sid, s["pass"], "hit" if s["cache_hit"] else "run", f"{s.get('seconds', 0):.1f}", s["key"])
+            state = f"skipped: {s['skipped']}" if "skipped" in s else "hit" if s["cache_hit"] else "run"
+            steps.add_row(sid, s["pass"], state, f"{s.get('seconds', 0):.1f}", s.get("key", "—"))
     console.print(steps)
     if metrics:
         console.print(metrics_table(metrics))
+    for folder in sorted(Path(run_dir, "search").glob("*/history.json")):
+        console.print(search_table(folder.parent))
+
+
+def search_table(folder: Path) -> Table:
+    """A search's Pareto front (validation split, measured on the target) with its hypervolume and estimate quality."""
+    history = json.loads((folder / "history.json").read_text())
+    agreement = history.get("estimate_vs_target", {})
+    tau = agreement.get("kendall_tau")
+    table = Table(title=f"search '{folder.name}': {history['algorithm']}, {history.get('measured', '?')} candidates measured, "
+                        f"hypervolume {history['hypervolume']:.4f}, estimate-vs-target Kendall tau {'—' if tau is None else f'{tau:.2f}'}")
+    for col in ("candidate", "role", "layers", "heads", "FFN", "int8 groups", "val. accuracy", "vs FP32 pts (95% CI)", "estimate", "x FP32 latency", "latency ms", "size MB"):
+        table.add_column(col)
+    for r in json.loads((folder / "pareto.json").read_text()):
+        m, kept = r["metrics"], [c for c in r["subnet"]["layers"] if c["keep"]]
+        d = m["accuracy_change_vs_fp32"]
+        table.add_row(
+            r["id"], r["role"], str(len(kept)), "/".join(str(c["heads"]) for c in kept), "/".join(str(c["ffn"]) for c in kept),
+            f"{sum(v == 'int8' for v in r['policy']['layers'].values())}/{len(r['policy']['layers'])}", f"{100 * m['accuracy']:.2f}%",
+            f"{100 * d['difference']:+.2f} ({100 * d['ci_low']:+.2f}…{100 * d['ci_high']:+.2f})", f"{100 * m['accuracy_estimate']:.2f}%",
+            f"{m['latency_ratio']:.2f}", f"{m['latency_ms']:.2f}", f"{m['size_mb']:.1f}",
+        )
+    return table

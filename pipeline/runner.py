@@ -133,7 +133,7 @@ def _available_inputs(wiring: dict[str, list[str]], many: set[str], outputs: dic
     inputs: dict[str, Any] = {}
     for port, ups in wiring.items():
         present = [outputs[u] for u in ups if u in outputs]
-        if port in many and present:
+        if port in many and (present or not ups):  # an optional list port may have nothing wired
             inputs[port] = present
         elif port not in many and present:
             inputs[port] = present[0]

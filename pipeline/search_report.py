@@ -39,7 +39,9 @@ def objective_matrix(records: list[dict[str, Any]], config: Any, fp32: dict[str,
     acc = accuracy_metric(config)
     for r in records:
         m, base = r["metrics"], fp32["metrics"]
-        F.append([(-1 if o == "accuracy" else 1) * m[_metric(o, config)] / base[_metric(o, config)] for o in config.objectives])
+        # latency is already relative to the unpruned FP32 model: measured interleaved with it
+        F.append([m["latency_ratio"] if o == "latency" else (-1 if o == "accuracy" else 1) * m[_metric(o, config)] / base[_metric(o, config)]
+                  for o in config.objectives])
         g = []
         if config.max_accuracy_drop is not None:
             g.append(100 * (base[acc] - m[acc]) - config.max_accuracy_drop)
@@ -80,10 +82,12 @@ def write_report(folder: Path, history: SearchHistory, store: Any, config: Any, 
     write_json_atomic(folder / "history.json", summary)
     if not final:
         return summary
-    records = list(store.records())
+    # this search's candidates and the baselines: a shared or warm-start store may hold other searches' too
+    mine = {tuple(int(v) for v in row) for row in history.X}
+    records = [r for r in store.records() if r["role"] == "baseline" or tuple(r["genome"]) in mine]
     F, G = objective_matrix(records, config, fp32)
     front = [_row(r, fp32, config) for r, on in zip(records, pareto_mask(F, G)) if on]
-    front.sort(key=lambda r: r["metrics"]["latency_ms"])
+    front.sort(key=lambda r: r["metrics"]["latency_ratio"])
     write_json_atomic(folder / "pareto.json", front)
     _write_csv(folder / "pareto.csv", front)
     agreement = _rank_agreement(records, front)
@@ -98,14 +102,14 @@ def _write_csv(path: Path, front: list[dict[str, Any]]) -> None:
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["id", "layers", "heads", "ffn", "int8_groups", "accuracy", "accuracy_estimate", "change_vs_fp32_pts", "ci_low", "ci_high",
-                      "latency_ms", "size_mb", "params", "macs"])
+                      "latency_ratio_vs_fp32", "latency_ms", "size_mb", "params", "macs"])
         for r in front:
             m, kept = r["metrics"], [c for c in r["subnet"]["layers"] if c["keep"]]
             change = m["accuracy_change_vs_fp32"]
             out.writerow([r["id"], len(kept), "/".join(str(c["heads"]) for c in kept), "/".join(str(c["ffn"]) for c in kept),
                           sum(v == "int8" for v in r["policy"]["layers"].values()), f"{m['accuracy']:.4f}", f"{m['accuracy_estimate']:.4f}",
                           f"{100 * change['difference']:.2f}", f"{100 * change['ci_low']:.2f}", f"{100 * change['ci_high']:.2f}",
-                          f"{m['latency_ms']:.3f}", f"{m['size_mb']:.2f}", m["params"], m["macs"]])
+                          f"{m['latency_ratio']:.4f}", f"{m['latency_ms']:.3f}", f"{m['size_mb']:.2f}", m["params"], m["macs"]])
 
 
 def _rank_agreement(records: list[dict[str, Any]], front: list[dict[str, Any]]) -> dict[str, Any]:
@@ -127,26 +131,26 @@ def _plots(folder: Path, records: list[dict[str, Any]], front: list[dict[str, An
     import plotly.graph_objects as go
 
     acc = accuracy_metric(config)
-    xs = lambda rows: [r["metrics"]["latency_ms"] for r in rows]  # noqa: E731
+    xs = lambda rows: [r["metrics"]["latency_ratio"] for r in rows]  # noqa: E731
     ys = lambda rows: [100 * r["metrics"][acc] for r in rows]  # noqa: E731
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(xs(records), ys(records), s=14, c="#bbbbbb", label="measured")
     ax.plot(xs(front), ys(front), "o-", c="#1f77b4", label="Pareto front")
     for name, b in baselines.items():
         ax.scatter(xs([b]), ys([b]), marker="*", s=160, label=f"unpruned {name.upper()}")
-    ax.set_xlabel(f"latency on {config.target}, ms (batch 1, {config.sequence_length} tokens)")
+    ax.set_xlabel(f"latency / unpruned FP32 latency on {config.target} (interleaved; batch 1, {config.sequence_length} tokens)")
     ax.set_ylabel(f"validation accuracy, % ({config.accuracy_from})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(folder / "pareto.png", dpi=120)
     plt.close(fig)
-    hover = lambda rows: [f"{r['id']} ({r['role']})<br>{sum(c['keep'] for c in r['subnet']['layers'])} layers, {sum(v == 'int8' for v in r['policy']['layers'].values())} int8 groups<br>{r['metrics']['size_mb']:.1f} MB" for r in rows]  # noqa: E731
+    hover = lambda rows: [f"{r['id']} ({r['role']})<br>{sum(c['keep'] for c in r['subnet']['layers'])} layers, {sum(v == 'int8' for v in r['policy']['layers'].values())} int8 groups<br>{r['metrics']['latency_ms']:.2f} ms, {r['metrics']['size_mb']:.1f} MB" for r in rows]  # noqa: E731
     html = go.Figure()
     html.add_scatter(x=xs(records), y=ys(records), mode="markers", name="measured", text=hover(records), marker={"color": "#bbbbbb"})
     html.add_scatter(x=xs(front), y=ys(front), mode="lines+markers", name="Pareto front", text=hover(front))
     for name, b in baselines.items():
         html.add_scatter(x=xs([b]), y=ys([b]), mode="markers", name=f"unpruned {name.upper()}", marker={"symbol": "star", "size": 14}, text=hover([b]))
-    html.update_layout(xaxis_title=f"latency on {config.target}, ms", yaxis_title=f"validation accuracy, % ({config.accuracy_from})")
+    html.update_layout(xaxis_title=f"latency / unpruned FP32 latency on {config.target} (interleaved)", yaxis_title=f"validation accuracy, % ({config.accuracy_from})")
     html.write_html(folder / "pareto.html", include_plotlyjs="directory")
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([n for n, _ in curve], [h for _, h in curve], "-")

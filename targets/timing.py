@@ -39,38 +39,63 @@ class LatencyStats:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def _timed(run: Callable[[], Any], warmup: int, runs: int) -> tuple[list[float], float]:
-    for _ in range(warmup):
-        run()
+def _timed(runs: dict[str, Callable[[], Any]], warmup: int, rounds: int) -> tuple[dict[str, list[float]], float]:
+    """Round-robin timing (A B C, B C A, …): every entry sees the same machine state, so their ratios hold when it drifts."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    names = list(runs)
+    times: dict[str, list[float]] = {n: [] for n in names}
     busy0, own0 = _busy_and_own()
     wall0 = time.perf_counter()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t) * 1e3)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate: no entry always runs first
+            t = time.perf_counter()
+            runs[name]()
+            times[name].append((time.perf_counter() - t) * 1e3)
     wall = time.perf_counter() - wall0
     busy1, own1 = _busy_and_own()
     other = max(0.0, (busy1 - busy0) - (own1 - own0)) / max(wall, 1e-9)
     return times, other
 
 
-def measure_latency(
-    run: Callable[[], Any], warmup: int = 10, runs: int = 100, max_other_load: float = 0.5, attempts: int = 3, pause_s: float = 5.0
-) -> LatencyStats:
-    """Time ``run``; when other processes used more than ``max_other_load`` cores, wait and retry, keeping the quietest attempt."""
-    best: tuple[list[float], float] | None = None
+@dataclass
+class InterleavedLatency:
+    stats: dict[str, LatencyStats]
+    times: dict[str, list[float]]  # per round, in ms
+
+    def ratio(self, name: str, reference: str) -> float:
+        """Median over rounds of ``name``'s time over ``reference``'s in the same round."""
+        return statistics.median(a / b for a, b in zip(self.times[name], self.times[reference]))
+
+
+def measure_interleaved(
+    runs: dict[str, Callable[[], Any]], warmup: int = 10, rounds: int = 100, max_other_load: float = 0.5, attempts: int = 3, pause_s: float = 5.0
+) -> InterleavedLatency:
+    """Time several callables round-robin; when other processes used more than ``max_other_load`` cores, wait and
+    retry, keeping the quietest attempt."""
+    best: tuple[dict[str, list[float]], float] | None = None
     tried = 0
     for tried in range(1, attempts + 1):
-        times, other = _timed(run, warmup, runs)
+        times, other = _timed(runs, warmup, rounds)
         if best is None or other < best[1]:
             best = (times, other)
         if other <= max_other_load:
             break
         time.sleep(pause_s)
     times, other = best
-    q = statistics.quantiles(times, n=10)
-    return LatencyStats(
-        median_ms=statistics.median(times), p90_ms=q[-1], min_ms=min(times), max_ms=max(times), mean_ms=statistics.fmean(times),
-        runs=runs, warmup=warmup, other_cpu_load=other, busy=other > max_other_load, attempts=tried,
-    )
+    stats = {}
+    for name, values in times.items():
+        q = statistics.quantiles(values, n=10)
+        stats[name] = LatencyStats(
+            median_ms=statistics.median(values), p90_ms=q[-1], min_ms=min(values), max_ms=max(values), mean_ms=statistics.fmean(values),
+            runs=rounds, warmup=warmup, other_cpu_load=other, busy=other > max_other_load, attempts=tried,
+        )
+    return InterleavedLatency(stats, times)
+
+
+def measure_latency(
+    run: Callable[[], Any], warmup: int = 10, runs: int = 100, max_other_load: float = 0.5, attempts: int = 3, pause_s: float = 5.0
+) -> LatencyStats:
+    """Time ``run`` alone (see ``measure_interleaved``)."""
+    return measure_interleaved({"run": run}, warmup, runs, max_other_load, attempts, pause_s).stats["run"]

@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 
+from io import StringIO
+
 import numpy as np
 import pytest
 import torch
 import yaml
+from rich.console import Console
 
 from tailorfit.pipeline import run_pipeline
 from tailorfit.pipeline.errors import StepSkipped, TailorfitError
@@ -20,6 +23,7 @@ from tailorfit.pipeline.evaluation_store import EvaluationStore
 from tailorfit.pipeline.fake_quant import simulated_policy
 from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.genome import Genome
+from tailorfit.pipeline.inspect_run import print_run
 from tailorfit.pipeline.search_space import SearchSpace
 
 SPACE = SearchSpace(num_layers=4, hidden_size=32, num_heads=4, num_kv_heads=4, head_dim=8, ffn_size=64,
@@ -110,10 +114,10 @@ def test_the_store_refuses_another_layout_and_keeps_records_in_order(tmp_path):
 def test_select_rules_pick_from_the_front_and_skip_when_nothing_qualifies():
     from tailorfit.passes.select import Select, SelectConfig
 
-    def row(cid, acc_change, latency, size, acc):
-        return {"id": cid, "metrics": {"accuracy_change_vs_fp32": {"difference": acc_change}, "latency_ms": latency, "size_mb": size, "accuracy": acc}}
+    def row(cid, acc_change, latency_ratio, size, acc):
+        return {"id": cid, "metrics": {"accuracy_change_vs_fp32": {"difference": acc_change}, "latency_ratio": latency_ratio, "size_mb": size, "accuracy": acc}}
 
-    front = [row("a", 0.0, 10.0, 80, 0.85), row("b", -0.005, 6.0, 40, 0.845), row("c", -0.02, 3.0, 30, 0.83), row("d", -0.15, 2.5, 10, 0.70)]
+    front = [row("a", 0.0, 1.0, 80, 0.85), row("b", -0.005, 0.6, 40, 0.845), row("c", -0.02, 0.3, 30, 0.83), row("d", -0.15, 0.25, 10, 0.70)]
     pick = lambda **c: Select(SelectConfig(**c))._pick(front)["id"]  # noqa: E731
     assert pick(rule="fastest", max_accuracy_drop=1.0) == "b"
     assert pick(rule="fastest", max_accuracy_drop=2.0) == "c"
@@ -169,7 +173,9 @@ def test_a_quick_search_measures_reports_and_packages_its_picks(searched):
     assert history["measured"] == len(ids) and len(history["hypervolume_curve"]) == 8
     assert [h for _, h in history["hypervolume_curve"]] == sorted(h for _, h in history["hypervolume_curve"])
     assert history["iterations"][-1]["predictors"]  # LINAS fitted a predictor per objective
-    assert search.front and all(r["metrics"]["latency_ms"] > 0 for r in search.front)
+    assert search.front and all(r["metrics"]["latency_ms"] > 0 and r["metrics"]["latency_ratio"] > 0 for r in search.front)
+    # the FP32 baseline is timed against an identical copy of itself: its ratio is 1 up to noise
+    assert 0.7 < search.baselines["fp32"]["metrics"]["latency_ratio"] < 1.4
     fp32 = search.baselines["fp32"]["metrics"]
     # the search measured the unpruned FP32 model like the pipeline does: same validation accuracy on OpenVINO
     assert fp32["params"] == max(r["metrics"]["params"] for r in search.front + [search.baselines["fp32"]])
@@ -181,6 +187,12 @@ def test_a_quick_search_measures_reports_and_packages_its_picks(searched):
         assert entry["selection"]["search_metrics"]["split"] == "validation" and "accuracy" in measured and "latency" in measured
         kept = sum(c["keep"] for c in entry["selection"]["subnet"]["layers"])
         assert measured["params"] == entry["selection"]["search_metrics"]["params"] and kept >= 1
+        versus = measured["versus"]["fp32"]  # the unpruned model the super-network came from
+        assert versus["candidate"] == "tiny-fp32" and versus["accuracy_change"]["n"] == 40 and versus["size_ratio"] > 0
+    assert (result.run_dir / "search" / "search" / "pareto.csv").is_file() and (result.run_dir / "search" / "search" / "evaluations.sqlite").is_file()
+    shown = StringIO()
+    print_run(result.run_dir, Console(file=shown, width=300))
+    assert "search 'search': linas, " in shown.getvalue() and search.front[0]["id"] in shown.getvalue()
 
 
 def test_a_constraint_nobody_meets_packages_nothing_and_says_so(searched, tiny_bert, sentences_csv):
@@ -193,6 +205,9 @@ def test_a_constraint_nobody_meets_packages_nothing_and_says_so(searched, tiny_b
     assert second.manifest["status"] == "finished"
     assert "no candidate meeting its constraints" in steps["fastest"]["skipped"] and "skipped" in steps["fastest-bench"]
     assert second.outputs["package"].candidates == ["tiny-fp32"]
+    shown = StringIO()
+    print_run(second.run_dir, Console(file=shown, width=300))
+    assert "skipped: its input 'model' comes from skipped step(s) fastest" in shown.getvalue()
     # every candidate came from the warm-start store: nothing was measured again
     assert sqlite3.connect(store).execute("SELECT COUNT(*) FROM candidates").fetchone()[0] == rows_before
 
