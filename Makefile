@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Extra pip arguments for torch, e.g. a CPU-only package index where the default one serves CUDA builds.
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup run test clean-cache
+.PHONY: setup run quick test clean-cache
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml Makefile
 
 run: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/tailorfit run
+
+# the default job's whole chain in a few minutes (smoke test; its numbers are not results)
+quick: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/tailorfit run recipes/quick.yaml
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
