@@ -168,34 +168,36 @@ class CandidateEvaluator:
         self._reference_model: Lowered | None = None
         self._reference_run = None
 
-    def _stage(self, candidate: Candidate, stage: str) -> PassContext:
-        work = self.ctx.work_dir / "inflight" / candidate.id / stage
+    def _stage(self, root: Path, stage: str) -> PassContext:
+        """A context for one inner pass, writing under ``root`` (removed once the candidate is recorded)."""
+        work = root / stage
         work.mkdir(parents=True)
-        return PassContext(step_id=f"{self.ctx.step_id}:{candidate.id}", work_dir=work, run_dir=self.ctx.run_dir,
+        return PassContext(step_id=f"{self.ctx.step_id}:{root.name}", work_dir=work, run_dir=self.ctx.run_dir,
                            seed=self.ctx.seed, threads=self.ctx.threads, log=self.log)
 
     def measure(self, candidate: Candidate) -> dict[str, Any]:
         c = self.config
         shutil.rmtree(self.ctx.work_dir / "inflight", ignore_errors=True)  # a candidate a kill interrupted
+        root = self.ctx.work_dir / "inflight" / candidate.id
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        dense = Extract(ExtractConfig(subnet=candidate.subnet, seq_len=c.sequence_length, name=candidate.id)).run(self._stage(candidate, "extract"), supernet=self.supernet)
+        dense = Extract(ExtractConfig(subnet=candidate.subnet, seq_len=c.sequence_length, name=candidate.id)).run(self._stage(root, "extract"), supernet=self.supernet)
         architecture = json.loads((dense.path / ARCHITECTURE).read_text())
         timings["extract"] = time.perf_counter() - t
         t = time.perf_counter()
-        lowered: Lowered = Lower(LowerConfig(target=c.target)).run(self._stage(candidate, "lower"), model=dense)
+        lowered: Lowered = Lower(LowerConfig(target=c.target)).run(self._stage(root, "lower"), model=dense)
         timings["lower"] = time.perf_counter() - t
         if candidate.quantized:
             t = time.perf_counter()
             quantize = Quantize(QuantizeConfig(policy=candidate.policy, calibration_samples=c.calibration_samples, max_length=c.sequence_length))
-            lowered = quantize.run(self._stage(candidate, "quantize"), model=lowered, data=self.data)
+            lowered = quantize.run(self._stage(root, "quantize"), model=lowered, data=self.data)
             timings["quantize"] = time.perf_counter() - t
         metrics: dict[str, Any] = {
             "params": architecture["params"], "non_embedding_params": architecture["non_embedding_params"], "macs": architecture["macs"],
             "size_mb": sum(f.stat().st_size for f in lowered.files) / 2**20,
         }
         t = time.perf_counter()
-        evaluated = Evaluate(EvaluateConfig(split="validation", max_length=c.sequence_length, bootstrap=100)).run(self._stage(candidate, "evaluate"), model=lowered, data=self.data)
+        evaluated = Evaluate(EvaluateConfig(split="validation", max_length=c.sequence_length, bootstrap=100)).run(self._stage(root, "evaluate"), model=lowered, data=self.data)
         with open(evaluated.reports["predictions"]) as f:
             metrics["correct"] = "".join(str(r["correct"]) for r in map(json.loads, f))
         metrics["accuracy"] = evaluated.metrics["accuracy"]
@@ -218,12 +220,8 @@ class CandidateEvaluator:
             if not (folder / "lowered.json").is_file():
                 tmp = self.ctx.work_dir / "reference.partial"
                 shutil.rmtree(tmp, ignore_errors=True)
-                stage = lambda name: PassContext(step_id=f"{self.ctx.step_id}:reference", work_dir=(tmp / name), run_dir=self.ctx.run_dir,  # noqa: E731
-                                                 seed=self.ctx.seed, threads=self.ctx.threads, log=self.log)
-                (tmp / "extract").mkdir(parents=True)
-                (tmp / "lower").mkdir()
-                dense = Extract(ExtractConfig(subnet="largest", name="reference")).run(stage("extract"), supernet=self.supernet)
-                lowered = Lower(LowerConfig(target=self.config.target)).run(stage("lower"), model=dense)
+                dense = Extract(ExtractConfig(subnet="largest", name="reference")).run(self._stage(tmp, "extract"), supernet=self.supernet)
+                lowered = Lower(LowerConfig(target=self.config.target)).run(self._stage(tmp, "lower"), model=dense)
                 (tmp / "lowered.json").write_text(lowered.model_dump_json())
                 shutil.rmtree(folder, ignore_errors=True)
                 tmp.rename(folder)
