@@ -56,17 +56,18 @@ class Quantize(Pass):
     def run(self, ctx: PassContext, model: Lowered, data: Dataset) -> Lowered:
         if model.precision != "fp32":
             raise TailorfitError(f"quantize needs an FP32 lowered model, got a {model.precision} one", "feed quantize from a lower step")
+        layers = layer_count(model.source.path)
         policy = self.config.policy
         if policy == "selected":
             if model.source.selection is None:
                 raise TailorfitError(f"quantize was asked for the selected policy, but {model.source.name} was not picked by a search", "feed it from a select step, or give a policy")
             policy = model.source.selection.policy
-            if not any(p != "fp32" for p in policy.resolve(layer_count(model.source.path)).values()):
+            if set(policy.resolve(layers).values()) == {"fp32"}:  # a searched FP32 candidate passes through unchanged
                 ctx.log.info("the selected candidate runs in FP32: nothing to quantize")
                 return model
         target = get_target(model.target)
         family = family_by_name(model.source.family)
-        resolved = self._resolve(policy, layer_count(model.source.path))
+        resolved = self._resolve(policy, layers)
         expected = {}
         for node, module in read_linear_map(model.files).items():
             where = family.classify(module)

@@ -88,15 +88,13 @@ class Search(Pass):
         return str(self.config.store.stat().st_mtime_ns) if self.config.store and self.config.store.exists() else ""
 
     def preflight(self, facts: dict[str, Any]) -> None:
-        if facts.get("task") == "causal-lm":
-            raise TailorfitError("search measures classification accuracy; this model is a causal LM", "search classifiers for now (decoder search with weight-only precisions is planned)")
+        _refuse_causal_lm(facts.get("task"))
 
     def run(self, ctx: PassContext, supernet: SuperNet, data: Dataset) -> SearchResult:
         c = self.config
         if data.task != supernet.source.task:
             raise TailorfitError(f"the dataset is for {data.task} but the super-network is a {supernet.source.task} model", "use a dataset of the model's task")
-        if supernet.source.task == "causal-lm":
-            self.preflight({"task": "causal-lm"})
+        _refuse_causal_lm(supernet.source.task)
         genome = Genome(supernet.space, tuple(c.precisions))
         store_path = c.store or ctx.work_dir / "evaluations.sqlite"
         store = EvaluationStore(store_path, genome.fingerprint())
@@ -137,6 +135,11 @@ class Search(Pass):
         if "fp32" not in out:
             raise TailorfitError("the precision genes lack fp32, so the FP32 baseline cannot be measured", "include fp32 in 'precisions'")
         return out
+
+
+def _refuse_causal_lm(task: str | None) -> None:
+    if task == "causal-lm":
+        raise TailorfitError("search measures classification accuracy; this model is a causal LM", "search classifiers for now (decoder search with weight-only precisions is planned)")
 
 
 def _constraints(c: SearchConfig) -> list[str]:

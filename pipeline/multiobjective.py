@@ -13,7 +13,8 @@
   the batch was measured, ranked it (Kendall tau) -- honest out-of-sample quality.
 * ``nsga2`` / ``agemoea`` / ``nsga3`` -- the plain pymoo algorithm through its ask/tell
   interface on real measurements; genomes already measured are answered from the history.
-* ``random`` -- uniform random genomes.
+* ``random`` -- random genomes, drawn like every algorithm's initial population
+  (``IntegerProblem.sample``, uniform per gene by default).
 
 Genomes are canonicalised first (``IntegerProblem.canonical``) so one candidate is measured at
 most once and the budget counts distinct candidates.  The run is a deterministic function of
