@@ -16,7 +16,7 @@ from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import ModelFamily, family_by_name
 from tailorfit.pipeline.handles import HFModel, Lowered
-from tailorfit.pipeline.models import ExportWrapper, example_inputs, input_names, load_torch_model
+from tailorfit.pipeline.models import export_ready
 from tailorfit.targets import TARGETS, get_target
 from tailorfit.targets.base import read_linear_map, write_linear_map
 
@@ -52,10 +52,8 @@ class Lower(Pass):
         precision = self.config.inference_precision or target.inference_precisions[0]
         if model.task != "causal-lm" and model.num_labels is None:
             ctx.log.warning("%s has no trained task head: lowering it with a randomly initialised one (add a finetune step)", model.name)
-        net = load_torch_model(model)
-        names = input_names(net, model)
-        wrapper = ExportWrapper(net, names).eval()
-        example = example_inputs(model, net, names)
+        wrapper, example, names = export_ready(model)
+        net = wrapper.model
         out = ctx.work_dir / target.folder
         out.mkdir()
         try:

@@ -1,9 +1,11 @@
-"""quantize: INT8 post-training static quantization on the target, driven by a per-layer QuantizationPolicy.
+"""quantize: post-training quantization on the target, driven by a per-layer QuantizationPolicy.
 
 Consumes: ``Lowered`` (FP32) and ``Dataset`` (calibration rows from its train split).
-Produces: ``Lowered`` with INT8 linears where the policy says int8 and float where it says fp32.
-Post-condition: the runtime's own per-op precisions are read back and must match the policy;
-the comparison is kept as ``precision_report.json``.
+Produces: ``Lowered`` where the policy's int8 / int4 linears are quantized and its fp32 ones stay float.
+``scheme: static`` (default) quantizes weights and activations to INT8 with calibration; ``scheme: weight-only``
+rounds only weights (RTN, int8 per channel or int4 per group: the decoder recipe, where weights dominate).
+Post-condition: the precisions the artifact really computes in are read back from the runtime or artifact and
+must match the policy; the comparison is kept as ``precision_report.json``.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from tailorfit.pipeline.data import encode_rows, lm_batch, lm_windows, read_spli
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.handles import Dataset, Lowered
-from tailorfit.pipeline.models import layer_count, load_preprocessor
+from tailorfit.pipeline.models import export_ready, layer_count, load_preprocessor
 from tailorfit.pipeline.policy import HEAD, QuantizationPolicy, policy_label
 from tailorfit.targets import get_target
 from tailorfit.targets.base import read_linear_map
@@ -30,6 +32,8 @@ class QuantizeConfig(PassConfig):
         default=QuantizationPolicy(), description="'int8', {default, head, layers: {'3': fp32, '*.ffn_down': fp32}}, or 'selected' (the policy a search chose for the model)")
     calibration_samples: int = Field(default=300, ge=1)
     max_length: int = Field(default=128, ge=8, description="tokens per calibration example / window")
+    scheme: Literal["static", "weight-only"] = Field(default="static", description="static: INT8 weights and activations, calibrated; weight-only: int8/int4 weights, float activations")
+    group_size: Literal[32, 64, 128, 256] = Field(default=32, description="weight-only int4: inputs sharing one scale (the sizes PyTorch's int4 CPU kernel takes)")
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -46,11 +50,12 @@ class Quantize(Pass):
         if "num_layers" in facts and self.config.policy != "selected":
             self._resolve(self.config.policy, facts["num_layers"])
 
-    @staticmethod
-    def _resolve(policy: QuantizationPolicy, layers: int) -> dict[str, str]:
+    def _resolve(self, policy: QuantizationPolicy, layers: int) -> dict[str, str]:
         resolved = policy.resolve(layers)
         if set(resolved.values()) == {"fp32"}:
             raise TailorfitError("the quantization policy keeps every layer fp32", "drop the quantize step, or make some layers int8")
+        if self.config.scheme == "static" and "int4" in resolved.values():
+            raise TailorfitError("the policy asks for int4, which only weight-only quantization has", "set scheme: weight-only, or use int8")
         return resolved
 
     def run(self, ctx: PassContext, model: Lowered, data: Dataset) -> Lowered:
@@ -73,20 +78,31 @@ class Quantize(Pass):
             where = family.classify(module)
             key = HEAD if where is None else f"{where[0]}.{where[1]}"
             expected[node] = (resolved[key], where is None or where[2])
-        keep = sorted(n for n, (p, _) in expected.items() if p == "fp32")
         out = ctx.work_dir / target.folder
         out.mkdir()
-        with ctx.progress("calibrating and quantizing", None):
-            files = target.quantize(model.files, keep, self._calibration(model, data, ctx.seed), self.config.calibration_samples, out)
-        report = self._verify(target.runtime_precisions(files, ctx.threads, model.inference_precision), expected)
-        (ctx.work_dir / "precision_report.json").write_text(json.dumps(report, indent=1))
         label = policy_label(resolved)
-        suffix = label if label != "mixed" else "mixed-" + hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:6]
-        ctx.log.info("%s: %d linears int8, %d fp32, verified on the runtime", target.name, report["int8_linears"], report["fp32_linears"])
+        if self.config.scheme == "weight-only":
+            mapped = read_linear_map(model.files)
+            weights = {node: p for node, (p, is_linear) in expected.items() if is_linear}
+            with ctx.progress("rounding weights (RTN)", None):
+                files = target.compress_weights(model.files, weights, self.config.group_size, out, lambda: export_ready(model.source))
+            stored = target.weight_precisions(files)
+            report = self._verify({n: stored[mapped[n]] for n in weights if mapped[n] in stored}, {n: (weights[n], True) for n in weights}, exact=True)
+            label += "-weights"
+        else:
+            keep = sorted(n for n, (p, _) in expected.items() if p == "fp32")
+            with ctx.progress("calibrating and quantizing", None):
+                files = target.quantize(model.files, keep, self._calibration(model, data, ctx.seed), self.config.calibration_samples, out)
+            report = self._verify(target.runtime_precisions(files, ctx.threads, model.inference_precision), expected, exact=False)
+        (ctx.work_dir / "precision_report.json").write_text(json.dumps(report, indent=1))
+        suffix = label if not label.startswith("mixed") else label + "-" + hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:6]
+        counts = {f"{p}_linears": report[f"{p}_linears"] for p in ("int8", "int4", "fp32")}
+        ctx.log.info("%s: %s, verified on the %s", target.name, ", ".join(f"{v} linears {k.split('_')[0]}" for k, v in counts.items() if v),
+                     "artifact's ops" if self.config.scheme == "weight-only" else "runtime")
         return Lowered(
             target=model.target, files=files, candidate=f"{model.source.name}-{suffix}", precision=label,
             inference_precision=model.inference_precision, inputs=model.inputs, policy=resolved, source=model.source,
-            metrics={"params": model.metrics.get("params"), "int8_linears": report["int8_linears"], "fp32_linears": report["fp32_linears"]},
+            metrics={"params": model.metrics.get("params"), **counts},
             reports={"precision": ctx.work_dir / "precision_report.json"},
         )
 
@@ -100,26 +116,29 @@ class Quantize(Pass):
         return [encode_rows(tok, [r], model.inputs, self.config.max_length) for r in rows]
 
     @staticmethod
-    def _verify(actual: dict[str, str], expected: dict[str, tuple[str, bool]]) -> dict[str, Any]:
-        """Compare the runtime's precisions with the policy's, for the linears (attention products are not checked)."""
+    def _verify(actual: dict[str, str | None], expected: dict[str, tuple[str, bool]], exact: bool) -> dict[str, Any]:
+        """Compare the runtime's precisions with the policy's, for the linears (attention products are not checked).
+
+        ``exact``: weight-only precisions are read from the artifact and must equal the policy's; a static model's
+        runtime may report any integer kernel (u8, i8) for an int8 linear, so only int8-or-not is compared.
+        """
         rows, wrong = [], []
         for node, (want, is_linear) in sorted(expected.items()):
             # attention products run inside fused kernels whose reported precision is not theirs alone
             got = actual.get(node) if is_linear else None
             rows.append({"node": node, "linear": is_linear, "policy": want, "runtime": got})
-            if got is not None and (got == "int8") != (want == "int8"):
+            if got is not None and (got != want if exact else (got == "int8") != (want == "int8")):
                 wrong.append(f"{node}: policy {want}, runtime {got}")
-        kept = [n for n, (want, lin) in expected.items() if lin and want == "fp32"]
-        unseen = [n for n in kept if n not in actual]
+        # an int8 linear may be fused beyond recognition at run time; one the policy keeps float must be found, and so must every weight-only one
+        unseen = [n for n, (want, lin) in expected.items() if lin and (exact or want == "fp32") and n not in actual]
         if wrong or unseen:
             detail = "; ".join(wrong[:3] + [f"{n}: not found in the runtime graph" for n in unseen[:3]])
             raise TailorfitError(f"the runtime does not execute the policy: {detail}", "report this with --debug output; the policy could not be applied")
         linear = [r for r in rows if r["linear"]]
-        if not any(r["runtime"] == "int8" for r in linear):
-            raise TailorfitError("the runtime executes no linear in int8 although the policy asks for some", "run with --debug and report it")
+        if not any(r["runtime"] in ("int8", "int4") for r in linear):
+            raise TailorfitError("the runtime executes no linear in an integer precision although the policy asks for some", "run with --debug and report it")
         return {
-            "int8_linears": sum(r["runtime"] == "int8" for r in linear),
-            "fp32_linears": sum(r["runtime"] == "fp32" for r in linear),
+            **{f"{p}_linears": sum(r["runtime"] == p for r in linear) for p in ("int8", "int4", "fp32")},
             "unattributed_linears": sum(r["runtime"] is None for r in linear),
             "nodes": rows,
         }

@@ -138,6 +138,13 @@ def example_inputs(handle: HFModel, model: nn.Module, names: list[str], batch: i
     return tuple(out)
 
 
+def export_ready(handle: HFModel) -> tuple[ExportWrapper, tuple[torch.Tensor, ...], list[str]]:
+    """The model as every target captures it: the positional wrapper, inputs to trace with, and their names."""
+    net = load_torch_model(handle)
+    names = input_names(net, handle)
+    return ExportWrapper(net, names).eval(), example_inputs(handle, net, names), names
+
+
 def model_facts(path: Path, task: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """What can be known of a model folder (or of ``config``, e.g. read from a GGUF file) without loading its weights."""
     if task not in TASKS:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from .errors import TailorfitError
 from .families import LINEAR_GROUPS
 
-Precision = Literal["int8", "fp32"]
+Precision = Literal["int8", "int4", "fp32"]  # int4 only for weight-only quantization
 HEAD = "head"  # linears outside the transformer layers: pooler, classifier, LM head
 _KEY = re.compile(r"^(\*|\d+)(?:\.(\w+))?$")
 

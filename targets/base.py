@@ -10,7 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from tailorfit.pipeline.errors import TailorfitError
+
 Session = Callable[[dict[str, np.ndarray]], np.ndarray]
+# the model to re-capture, for targets whose weight-only path quantizes in PyTorch: (wrapper, example inputs, input names)
+Capture = Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...], list[str]]]
 LINEAR_MAP = "linear_map.json"  # runtime node name -> torch module path, written by ``lower``
 
 
@@ -38,6 +42,15 @@ class Target(ABC):
     @abstractmethod
     def runtime_precisions(self, files: list[Path], threads: int, inference_precision: str) -> dict[str, str]:
         """Precision the runtime really executes each mapped node in (``int8``/``fp32``), read from the runtime itself."""
+
+    def compress_weights(self, files: list[Path], weights: dict[str, str], group_size: int, out_dir: Path, capture: Capture) -> list[Path]:
+        """Weight-only quantization: the mapped linears in ``weights`` stored ``int8`` (per output channel) or ``int4``
+        (symmetric, per group of ``group_size`` inputs); activations and every other node stay float."""
+        raise TailorfitError(f"{self.name} has no weight-only quantization", "use torch-cpu for a weight-only scheme, or scheme: static")
+
+    def weight_precisions(self, files: list[Path]) -> dict[str, str]:
+        """Module path -> the precision (``int8``/``int4``/``fp32``) each mapped linear's weights have in the artifact."""
+        raise TailorfitError(f"{self.name} has no weight-only quantization", "use torch-cpu")
 
     def describe(self) -> str:
         return f"{self.runtime}; inference precisions {', '.join(self.inference_precisions)}"

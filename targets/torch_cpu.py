@@ -1,4 +1,5 @@
-"""torch-cpu: a torch.export ExportedProgram (.pt2), Intel Neural Compressor PT2E static INT8 with per-layer exclusions, PyTorch CPU."""
+"""torch-cpu: a torch.export ExportedProgram (.pt2), Intel Neural Compressor PT2E static INT8 with per-layer exclusions
+or RTN weight-only INT8/INT4 per layer, PyTorch CPU."""
 from __future__ import annotations
 
 import itertools
@@ -14,10 +15,12 @@ from torch import nn
 
 from tailorfit.pipeline.errors import TailorfitError
 
-from .base import Session, Target, dynamic_shapes, module_of, read_linear_map, write_linear_map
+from .base import Capture, Session, Target, dynamic_shapes, module_of, read_linear_map, write_linear_map
+from .torch_weight_only import INT4_KERNEL, INT8_KERNEL, compress_linears
 
 _LINEAR, _CONV1D = torch.ops.aten.linear.default, torch.ops.aten.addmm.default  # nn.Linear; GPT-2's Conv1D
-_MAPPED = (_LINEAR, _CONV1D, torch.ops.aten.scaled_dot_product_attention.default)
+_WEIGHTS = {_LINEAR: "fp32", _CONV1D: "fp32", INT8_KERNEL: "int8", INT4_KERNEL: "int4"}  # what a linear's weights compute in
+_MAPPED = (*_WEIGHTS, torch.ops.aten.scaled_dot_product_attention.default)
 # The program takes positional tensors: their names (and the sequence bound to re-export with) travel inside the .pt2.
 _META = "tailorfit.json"
 
@@ -109,6 +112,22 @@ class TorchCPU(Target):
         _save(torch.export.export(quantized, example, dynamic_shapes=shapes, strict=False), meta, path)
         write_linear_map(out_dir, mapped)
         return [path]
+
+    def compress_weights(self, files: list[Path], weights: dict[str, str], group_size: int, out_dir: Path, capture: Capture) -> list[Path]:
+        """Neural Compressor's RTN rounds the chosen linears of a fresh PyTorch copy of the model, which is exported again:
+        a .pt2 program cannot be re-quantized weight-only, since its linears are no longer modules."""
+        mapped = read_linear_map(files)
+        model, example, names = capture()
+        compress_linears(model, {f"model.{mapped[node]}": p for node, p in weights.items() if p != "fp32"}, group_size)
+        out = self.lower(model, example, names, out_dir)
+        kept = set(mapped.values())  # the fresh export maps the same modules under new node names
+        write_linear_map(out_dir, {node: module for node, module in read_linear_map(out).items() if module in kept})
+        return out
+
+    def weight_precisions(self, files: list[Path]) -> dict[str, str]:
+        """Read from the program's ops: a linear runs as aten.linear in float, or as PyTorch's int8 / int4 weight-only kernel."""
+        program, _ = _load(files[0])
+        return {module_of(n.meta.get("nn_module_stack")): _WEIGHTS[n.target] for n in program.graph.nodes if n.target in _WEIGHTS}
 
     def session(self, files: list[Path], threads: int, inference_precision: str) -> Session:
         program, meta = _load(files[0])

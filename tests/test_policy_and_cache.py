@@ -25,7 +25,7 @@ def test_policy_rejects_bad_keys_and_layers():
     with pytest.raises(ValidationError):
         QuantizationPolicy(layers={"0.mlp": "fp32"})
     with pytest.raises(ValidationError):
-        QuantizationPolicy(layers={"0": "int4"})
+        QuantizationPolicy(layers={"0": "int2"})
     with pytest.raises(TailorfitError, match="names layer 5"):
         QuantizationPolicy(layers={"5.qkv": "fp32"}).resolve(4)
 

@@ -15,7 +15,7 @@ from torch import nn
 from conftest import classification_recipe
 from tailorfit.pipeline import HFModel, TailorfitError, run_pipeline
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.models import ExportWrapper, example_inputs, input_names, load_torch_model
+from tailorfit.pipeline.models import example_inputs, export_ready
 from tailorfit.targets import get_target
 from tailorfit.targets.base import read_linear_map
 
@@ -25,9 +25,8 @@ TARGET = get_target("torch-cpu")
 
 def _wrapper(folder, kind):
     handle = HFModel(path=folder, task="text-classification" if kind == "bert" else "causal-lm", family=kind, name="t")
-    net = load_torch_model(handle)
-    names = input_names(net, handle)
-    return handle, ExportWrapper(net, names).eval(), names
+    wrapper, _, names = export_ready(handle)
+    return handle, wrapper, names
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +189,64 @@ def test_recipe_packages_a_loadable_torch_candidate(tiny_bert, sentences_csv, tm
     done = subprocess.run([sys.executable, "-c", snippet + "\nprint(tuple(logits.shape))"], cwd=folder, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("(1, 2)")
+
+
+WEIGHT_ONLY_POLICY = {"default": "int4", "head": "fp32", "layers": {"0.ffn_down": "int8", "1.qkv": "fp32"}}
+
+
+def test_weight_only_policy_runs_int4_and_int8_kernels_layer_by_layer(tiny_llama, text_jsonl, tmp_path):
+    """Neural Compressor's RTN per the policy, run by PyTorch's int8 / int4 weight-only kernels: the saved program computes
+    exactly what NC's own (float-dequantizing) weight-only model computes, and stores fewer bytes."""
+    from neural_compressor.torch.quantization import RTNConfig, convert, prepare
+
+    recipe = {"name": "wo", "threads": 1, "steps": [
+        {"id": "model", "pass": "load", "config": {"path": str(tiny_llama), "task": "causal-lm", "name": "llama"}},
+        {"id": "data", "pass": "dataset", "config": {"path": str(text_jsonl), "task": "causal-lm"}},
+        {"id": "fp32", "pass": "lower", "config": {"target": "torch-cpu"}},
+        {"id": "wo", "pass": "quantize", "config": {"policy": WEIGHT_ONLY_POLICY, "scheme": "weight-only", "group_size": 32}},
+        {"id": "wo-eval", "pass": "evaluate", "config": {"max_length": 32}},
+    ]}
+    result = run_pipeline(recipe, out=tmp_path, quiet=True)
+    fp32, wo = result.outputs["fp32"], result.outputs["wo"]
+    report = json.loads(wo.reports["precision"].read_text())
+    # 2 layers x 7 linears + lm_head: layer 0's down_proj int8; layer 1's q, k, v and the head float; the rest int4
+    assert (report["int8_linears"], report["fp32_linears"], report["int4_linears"]) == (1, 4, 10)
+    assert wo.precision == "mixed-weights" and wo.candidate.startswith("llama-mixed-weights-")
+    program = torch.export.load(wo.files[0])
+    ops = [str(n.target) for n in program.graph.nodes]
+    assert (ops.count("aten._weight_int4pack_mm_for_cpu.default"), ops.count("aten._weight_int8pack_mm.default"), ops.count("aten.linear.default")) == (10, 1, 4)
+    # tensor bytes, not file size: on a model this small the serialized graph outweighs the weights
+    stored = lambda p: sum(t.numel() * t.element_size() for t in [*p.state_dict.values(), *p.constants.values()])  # noqa: E731
+    assert stored(program) < 0.5 * stored(torch.export.load(fp32.files[0]))
+
+    handle = HFModel(path=tiny_llama, task="causal-lm", family="llama", name="t")
+    wrapper, example, names = export_ready(handle)
+    reference = RTNConfig(dtype="fp32")
+    modules = {f"model.layers.{i}.{m}": g for i in range(2) for m, g in (("self_attn.q_proj", "qkv"), ("self_attn.k_proj", "qkv"), ("self_attn.v_proj", "qkv"),
+                                                                        ("self_attn.o_proj", "attn_out"), ("mlp.gate_proj", "ffn_up"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down"))}
+    for module, group in modules.items():
+        precision = wo.policy[f"{module.split('.')[2]}.{group}"]
+        if precision != "fp32":
+            reference.set_local(module, RTNConfig(bits=8, group_size=-1) if precision == "int8" else RTNConfig(bits=4, group_size=32))
+    dequantized = convert(prepare(wrapper.model, reference))
+    with torch.inference_mode():
+        expected = dequantized(**dict(zip(names, example)), use_cache=False).logits.numpy()
+        float_logits = get_target("torch-cpu").session(fp32.files, 1, "f32")({n: t.numpy() for n, t in zip(names, example)})
+    got = get_target("torch-cpu").session(wo.files, 1, "f32")({n: t.numpy() for n, t in zip(names, example)})
+    assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+    assert np.abs(got - float_logits).max() > 1e-4  # the rounding is really there
+    assert np.isfinite(result.outputs["wo-eval"].metrics["perplexity"])
+
+
+def test_weight_only_refusals(tiny_llama, text_jsonl, tmp_path):
+    steps = lambda target, config: {"name": "wo", "steps": [  # noqa: E731
+        {"id": "model", "pass": "load", "config": {"path": str(tiny_llama), "task": "causal-lm", "name": "llama"}},
+        {"id": "data", "pass": "dataset", "config": {"path": str(text_jsonl), "task": "causal-lm"}},
+        {"id": "fp32", "pass": "lower", "config": {"target": target}},
+        {"id": "q", "pass": "quantize", "config": config}]}
+    with pytest.raises(TailorfitError, match="only weight-only quantization has"):
+        run_pipeline(steps("torch-cpu", {"policy": "int4"}), out=tmp_path / "a", quiet=True)
+    with pytest.raises(TailorfitError, match="onnxruntime-cpu has no weight-only quantization"):
+        run_pipeline(steps("onnxruntime-cpu", {"policy": "int8", "scheme": "weight-only"}), out=tmp_path / "b", quiet=True)
+    with pytest.raises(TailorfitError, match="does not fit PyTorch's int4 CPU kernel"):
+        run_pipeline(steps("torch-cpu", {"policy": "int4", "scheme": "weight-only", "group_size": 64}), out=tmp_path / "c", quiet=True)
