@@ -27,8 +27,12 @@ CREATE TABLE IF NOT EXISTS candidates (
 class EvaluationStore:
     """``role`` tells search candidates from the baselines measured beside them."""
 
-    def __init__(self, path: Path, layout: str):
+    def __init__(self, path: Path, layout: str | None):
+        """``layout`` None opens an existing store read-only, whatever search space wrote it (for reports)."""
         self.path = Path(path)
+        if layout is None:
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            return
         self._db = sqlite3.connect(self.path)
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone()

@@ -33,6 +33,9 @@ with torch.inference_mode():
     logits = model(*(enc.get(n, torch.zeros_like(enc["input_ids"])) for n in names))
 ```""",
 }
+_LOAD["torch-inductor-cpu"] = _LOAD["torch-cpu"].replace('"torch/model.pt2"', '"torch-inductor/model.pt2"').replace(
+    "names = json", "torch._inductor.config.freezing = True  # prepacks INT8 weights for oneDNN kernels\nmodel = torch.compile(model)\nnames = json").replace(
+    "with torch.inference_mode():", "with torch.no_grad():  # Inductor's frozen graphs reject inference tensors")
 
 
 def _fmt_ci(value: float, ci: list[float] | None, scale: float = 100, unit: str = "%") -> str:

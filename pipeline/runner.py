@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -18,9 +19,10 @@ from .contract import PassContext
 from .errors import StepSkipped, TailorfitError
 from .graph import Pipeline
 from .handles import Handle, Lowered
-from .host import default_threads, host_info
+from .host import PeakMemory, default_threads, host_info
 from .recipe import load_recipe
 
+COST = "cost.json"  # in a cache entry: seconds and peak memory of the run that produced it
 CORE_PACKAGES = ("tailorfit", "torch", "transformers", "openvino", "nncf", "onnx", "onnxruntime", "onnxscript", "optimum-intel", "networkx", "pydantic")
 
 
@@ -100,7 +102,7 @@ def run_pipeline(
                 )
                 try:
                     # libraries print progress to stdout; keep stdout for results (the CLI prints the run directory there)
-                    with contextlib.redirect_stdout(sys.stderr):
+                    with contextlib.redirect_stdout(sys.stderr), PeakMemory() as memory:
                         handle = p.run(ctx, **inputs)
                 except StepSkipped as skip:
                     shutil.rmtree(work, ignore_errors=True)
@@ -116,10 +118,14 @@ def run_pipeline(
                     manifest["steps"][sid] = record
                     write_json_atomic(manifest_path, manifest)
                     raise
+                # what producing the entry cost, kept with it: a later run that finds it cached still reports it
+                write_json_atomic(work / COST, {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(memory.peak_mb, 1), "threads": threads})
                 handle = cache.commit(p.name, key, handle, work)
             else:
                 log.info("%s: cached (%s)", sid, key)
             record["seconds"] = round(time.perf_counter() - t0, 3)
+            if (cost := cache.entry(p.name, key) / COST).is_file():
+                record["produced"] = json.loads(cost.read_text())
             outputs[sid] = handle
             manifest["steps"][sid] = record
             write_json_atomic(manifest_path, manifest)

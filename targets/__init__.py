@@ -7,8 +7,9 @@ from .base import Target
 from .onnxruntime_cpu import OnnxRuntimeCPU
 from .openvino_cpu import OpenVINOCPU
 from .torch_cpu import TorchCPU
+from .torch_inductor_cpu import TorchInductorCPU
 
-TARGETS: dict[str, type[Target]] = {t.name: t for t in (OpenVINOCPU, OnnxRuntimeCPU, TorchCPU)}
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (OpenVINOCPU, OnnxRuntimeCPU, TorchCPU, TorchInductorCPU)}
 
 
 def get_target(name: str) -> Target:

@@ -7,7 +7,7 @@ import json
 import logging
 import traceback
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -129,13 +129,17 @@ class TorchCPU(Target):
         program, _ = _load(files[0])
         return {module_of(n.meta.get("nn_module_stack")): _WEIGHTS[n.target] for n in program.graph.nodes if n.target in _WEIGHTS}
 
+    def executable(self, program: torch.export.ExportedProgram) -> Callable[..., torch.Tensor]:
+        """What a session calls: the program's module, run op by op by eager PyTorch."""
+        return program.module()
+
     def session(self, files: list[Path], threads: int, inference_precision: str) -> Session:
         program, meta = _load(files[0])
-        module = program.module()
+        module = self.executable(program)
 
         def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
             torch.set_num_threads(threads)  # process-wide: set per call so sessions with different counts can coexist
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: Inductor's frozen graphs reject inference tensors
                 return module(*(torch.as_tensor(inputs[n]) for n in meta["inputs"])).numpy()
 
         return run

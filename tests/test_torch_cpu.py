@@ -115,6 +115,24 @@ def test_layer_kept_fp32_has_no_quantize_ops_around_its_linears(lowered, tmp_pat
     assert sum(1 for where in places.values() if where and where[0] == 1 and where[2]) == 6
 
 
+def test_inductor_session_runs_the_int8_linears_as_oneDNN_int8_kernels(lowered, tmp_path):
+    """torch-inductor-cpu serves the same program compiled: Inductor must prepack exactly the policy's int8 linears (layer 1
+    kept float) for oneDNN's int8 kernels, and agree with eager PyTorch's float simulation of them."""
+    from torch._dynamo.utils import counters
+
+    handle, wrapper, names, files = lowered["bert"]
+    family = family_by_name("bert")
+    places = {n: family.classify(m) for n, m in read_linear_map(files).items()}
+    q = _quantize(lowered, "bert", sorted(n for n, where in places.items() if where and where[0] == 1), tmp_path)
+    int8 = sum(p == "int8" for n, p in TARGET.runtime_precisions(q, 1, "f32").items() if places[n] is None or places[n][2])
+    inputs = {n: t.numpy() for n, t in zip(names, example_inputs(handle, wrapper.model, names, batch=3, seq=11))}
+    counters.clear()
+    compiled = get_target("torch-inductor-cpu").session(q, 1, "f32")(inputs)
+    assert counters["inductor"]["qlinear_weight_prepack_matcher_count"] == int8 == 8
+    eager = TARGET.session(q, 1, "f32")(inputs)
+    assert np.corrcoef(compiled.ravel(), eager.ravel())[0, 1] > 0.999
+
+
 def test_groups_sharing_an_attention_module_are_excluded_separately(lowered, tmp_path):
     """LLaMA's o_proj (attn_out) sits inside the attention module with q/k/v: keeping only qkv fp32 must not take it along."""
     _, _, _, files = lowered["llama"]
