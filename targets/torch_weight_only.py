@@ -56,6 +56,9 @@ def compress_linears(model: nn.Module, precisions: dict[str, str], group_size: i
     int8 is per output channel, int4 per group of ``group_size`` inputs; both symmetric. Other linears stay float.
     """
     from neural_compressor.common.utils.logger import Logger
+
+    debug = logging.getLogger("tailorfit").getEffectiveLevel() <= logging.DEBUG
+    Logger().get_logger().setLevel(logging.DEBUG if debug else logging.ERROR)  # before its torch part, which warns on import
     from neural_compressor.torch.quantization import RTNConfig, convert, prepare
 
     modules = dict(model.named_modules())
@@ -68,8 +71,6 @@ def compress_linears(model: nn.Module, precisions: dict[str, str], group_size: i
             raise TailorfitError(f"{path} ({layer.in_features} inputs, {layer.out_features} outputs) does not fit PyTorch's int4 CPU kernel, "
                                  f"which needs inputs in whole groups of {group_size} and outputs in multiples of 16",
                                  "set quantize's group_size to a divisor of its inputs, or keep the layer int8")
-    debug = logging.getLogger("tailorfit").getEffectiveLevel() <= logging.DEBUG
-    Logger().get_logger().setLevel(logging.DEBUG if debug else logging.ERROR)  # NC resets its level on import
     config = RTNConfig(dtype="fp32")
     for path, precision in precisions.items():
         config.set_local(path, RTNConfig(bits=8, group_size=-1, use_sym=True) if precision == "int8" else RTNConfig(bits=4, group_size=group_size, use_sym=True))
