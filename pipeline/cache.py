@@ -3,20 +3,25 @@
 An entry lives at ``<root>/<pass>/<key>/`` with its handle in ``handle.json``. A pass writes
 into ``<key>.partial/`` (kept across a kill, so long passes can resume from checkpoints in it)
 and the folder is renamed into place only when the pass returns: an entry either exists
-whole or not at all.
+whole or not at all. A run producing an entry holds its lock, so runs sharing a cache never share a partial folder.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .contract import Pass
 from .handles import HANDLE_KINDS, Handle
+
+log = logging.getLogger("tailorfit.cache")
 
 
 def package_versions(names: tuple[str, ...]) -> dict[str, str]:
@@ -76,6 +81,20 @@ class Cache:
         data = json.loads(record.read_text())
         handle = HANDLE_KINDS[data.pop("kind")].model_validate(data)
         return handle if _paths_exist(handle) else None
+
+    @contextlib.contextmanager
+    def claim(self, pass_name: str, key: str) -> Iterator[None]:
+        """Hold the entry's lock while producing it: two runs sharing a cache (parallel jobs, a bench beside a run)
+        would otherwise write the same partial folder; the second waits, then finds the entry made."""
+        lock = self.entry(pass_name, key).with_name(f"{key}.lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting: another run is producing %s/%s", pass_name, key)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield  # the lock file stays: removing it would let a third run lock a different inode
 
     def work_dir(self, pass_name: str, key: str) -> Path:
         work = self.entry(pass_name, key).with_name(f"{key}.partial")

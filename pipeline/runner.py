@@ -89,46 +89,51 @@ def run_pipeline(
             record: dict[str, Any] = {"pass": p.name, "config": p.config.model_dump(mode="json"), "inputs": node.wiring, "key": key}
             if fingerprint:
                 manifest["inputs"][sid] = fingerprint
-            handle = cache.lookup(p.name, key) if p.cached and sid not in forced else None
-            record["cache_hit"] = handle is not None
-            t0 = time.perf_counter()
-            if handle is None:
-                log.info("%s: running %s", sid, p.name)
-                work = cache.work_dir(p.name, key)
-                ctx = PassContext(
-                    step_id=sid, work_dir=work, run_dir=run_dir, seed=parsed.seed, threads=threads,
-                    log=logging.getLogger(f"tailorfit.{sid}"), progress_factory=display.task,
-                    extras={"manifest": manifest, "manifest_path": manifest_path},
-                )
-                try:
-                    # libraries print progress to stdout; keep stdout for results (the CLI prints the run directory there)
-                    with contextlib.redirect_stdout(sys.stderr), PeakMemory() as memory:
-                        handle = p.run(ctx, **inputs)
-                except StepSkipped as skip:
-                    shutil.rmtree(work, ignore_errors=True)
-                    manifest["steps"][sid] = {**record, "skipped": str(skip)}
-                    write_json_atomic(manifest_path, manifest)
-                    log.warning("%s: skipped: %s", sid, skip)
-                    continue
-                except BaseException as exc:
-                    if isinstance(exc, TailorfitError):  # bad input: nothing worth resuming from
+            with contextlib.ExitStack() as held:
+                handle = cache.lookup(p.name, key) if p.cached and sid not in forced else None
+                if handle is None and p.cached:
+                    held.enter_context(cache.claim(p.name, key))
+                    if sid not in forced:  # another run sharing the cache may have made it while this one waited
+                        handle = cache.lookup(p.name, key)
+                record["cache_hit"] = handle is not None
+                t0 = time.perf_counter()
+                if handle is None:
+                    log.info("%s: running %s", sid, p.name)
+                    work = cache.work_dir(p.name, key)
+                    ctx = PassContext(
+                        step_id=sid, work_dir=work, run_dir=run_dir, seed=parsed.seed, threads=threads,
+                        log=logging.getLogger(f"tailorfit.{sid}"), progress_factory=display.task,
+                        extras={"manifest": manifest, "manifest_path": manifest_path},
+                    )
+                    try:
+                        # libraries print progress to stdout; keep stdout for results (the CLI prints the run directory there)
+                        with contextlib.redirect_stdout(sys.stderr), PeakMemory() as memory:
+                            handle = p.run(ctx, **inputs)
+                    except StepSkipped as skip:
                         shutil.rmtree(work, ignore_errors=True)
-                    manifest["status"] = "failed"
-                    manifest["error"] = {"step": sid, "message": str(exc) or type(exc).__name__}
-                    manifest["steps"][sid] = record
-                    write_json_atomic(manifest_path, manifest)
-                    raise
-                # what producing the entry cost, kept with it: a later run that finds it cached still reports it
-                write_json_atomic(work / COST, {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(memory.peak_mb, 1), "threads": threads})
-                handle = cache.commit(p.name, key, handle, work)
-            else:
-                log.info("%s: cached (%s)", sid, key)
-            record["seconds"] = round(time.perf_counter() - t0, 3)
-            if (cost := cache.entry(p.name, key) / COST).is_file():
-                record["produced"] = json.loads(cost.read_text())
-            outputs[sid] = handle
-            manifest["steps"][sid] = record
-            write_json_atomic(manifest_path, manifest)
+                        manifest["steps"][sid] = {**record, "skipped": str(skip)}
+                        write_json_atomic(manifest_path, manifest)
+                        log.warning("%s: skipped: %s", sid, skip)
+                        continue
+                    except BaseException as exc:
+                        if isinstance(exc, TailorfitError):  # bad input: nothing worth resuming from
+                            shutil.rmtree(work, ignore_errors=True)
+                        manifest["status"] = "failed"
+                        manifest["error"] = {"step": sid, "message": str(exc) or type(exc).__name__}
+                        manifest["steps"][sid] = record
+                        write_json_atomic(manifest_path, manifest)
+                        raise
+                    # what producing the entry cost, kept with it: a later run that finds it cached still reports it
+                    write_json_atomic(work / COST, {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(memory.peak_mb, 1), "threads": threads})
+                    handle = cache.commit(p.name, key, handle, work)
+                else:
+                    log.info("%s: cached (%s)", sid, key)
+                record["seconds"] = round(time.perf_counter() - t0, 3)
+                if (cost := cache.entry(p.name, key) / COST).is_file():
+                    record["produced"] = json.loads(cost.read_text())
+                outputs[sid] = handle
+                manifest["steps"][sid] = record
+                write_json_atomic(manifest_path, manifest)
     manifest.update(status="finished", finished=_now(), seconds=round(time.perf_counter() - t_run, 3), metrics=collect_metrics(outputs.values()))
     write_json_atomic(manifest_path, manifest)
     return RunResult(run_dir, manifest, outputs)

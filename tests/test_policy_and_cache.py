@@ -72,3 +72,33 @@ def test_commit_is_atomic_and_relocates_paths(tmp_path):
     assert cache.lookup("load", "abc") == handle
     (handle.path).rmdir()
     assert cache.lookup("load", "abc") is None  # vanished files make the entry a miss
+
+
+def test_two_runs_sharing_a_cache_produce_each_entry_once(tiny_bert, sentences_csv, tmp_path):
+    """Two processes start the same steps at once on one cache: one produces each entry while the other waits for it and
+    reads it, so no partial folder is ever written by two runs; both runs finish, and every entry records its cost."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import classification_recipe
+
+    procs = []
+    for name in ("first", "second"):
+        recipe = classification_recipe(tiny_bert, sentences_csv, name=name, targets=("openvino-cpu",))
+        recipe["steps"] = [s for s in recipe["steps"] if s["pass"] in ("load", "dataset", "finetune", "lower", "evaluate")]
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        procs.append(subprocess.Popen([sys.executable, "-m", "tailorfit.pipeline.cli", "run", str(path), "--out", str(tmp_path / "out"), "--quiet"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    manifests = [json.loads((tmp_path / "out" / name / "manifest.json").read_text()) for name in ("first", "second")]
+    for step in ("finetune", "openvino-fp32", "openvino-fp32-eval"):
+        hits = sorted(m["steps"][step]["cache_hit"] for m in manifests)
+        assert hits == [False, True], (step, hits)
+        assert all(m["steps"][step]["produced"]["peak_rss_mb"] > 0 for m in manifests)
+    assert not list((tmp_path / "out" / ".cache").glob("*/*.partial"))
