@@ -33,7 +33,7 @@ class QuantizeConfig(PassConfig):
     calibration_samples: int = Field(default=300, ge=1)
     max_length: int = Field(default=128, ge=8, description="tokens per calibration example / window")
     scheme: Literal["static", "weight-only"] = Field(default="static", description="static: INT8 weights and activations, calibrated; weight-only: int8/int4 weights, float activations")
-    group_size: Literal[32, 64, 128, 256] = Field(default=32, description="weight-only int4: inputs sharing one scale (the sizes PyTorch's int4 CPU kernel takes)")
+    group_size: int = Field(default=32, ge=2, multiple_of=2, description="weight-only int4: inputs sharing one scale")
 
     @field_validator("policy", mode="before")
     @classmethod

@@ -16,11 +16,11 @@ from torch import nn
 from tailorfit.pipeline.errors import TailorfitError
 
 from .base import Capture, Session, Target, dynamic_shapes, module_of, read_linear_map, write_linear_map
-from .torch_weight_only import INT4_KERNEL, INT8_KERNEL, compress_linears
+from .torch_weight_only import compress_linears
 
 _LINEAR, _CONV1D = torch.ops.aten.linear.default, torch.ops.aten.addmm.default  # nn.Linear; GPT-2's Conv1D
-_WEIGHTS = {_LINEAR: "fp32", _CONV1D: "fp32", INT8_KERNEL: "int8", INT4_KERNEL: "int4"}  # what a linear's weights compute in
-_MAPPED = (*_WEIGHTS, torch.ops.aten.scaled_dot_product_attention.default)
+_MAPPED = (_LINEAR, _CONV1D, torch.ops.aten.scaled_dot_product_attention.default)
+_STORED = {torch.int8: "int8", torch.uint8: "int4"}  # a weight-only linear's stored integers (int4: two per byte)
 # The program takes positional tensors: their names (and the sequence bound to re-export with) travel inside the .pt2.
 _META = "tailorfit.json"
 
@@ -45,6 +45,20 @@ def _failing_module(exc: BaseException | None, model: nn.Module) -> str | None:
         for frame, _ in traceback.walk_tb(exc.__traceback__):
             found = names.get(id(frame.f_locals.get("self")), found)
         exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def _sources(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The tensor inputs of the program (placeholders) a node is computed from."""
+    seen, stack, found = set(), [node], []
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor):
+            found.append(n)
+        stack += n.all_input_nodes
     return found
 
 
@@ -125,9 +139,15 @@ class TorchCPU(Target):
         return out
 
     def weight_precisions(self, files: list[Path]) -> dict[str, str]:
-        """Read from the program's ops: a linear runs as aten.linear in float, or as PyTorch's int8 / int4 weight-only kernel."""
+        """Read from the program's graph: the tensors a linear's weight is computed from, traced back to the program's
+        inputs — a float parameter (fp32), int8 integers (int8) or bytes holding two int4 values each (int4)."""
         program, _ = _load(files[0])
-        return {module_of(n.meta.get("nn_module_stack")): _WEIGHTS[n.target] for n in program.graph.nodes if n.target in _WEIGHTS}
+        found = {}
+        for node in program.graph.nodes:
+            if node.target == _LINEAR:  # float scales join the integers of a weight-only linear: the integers say what it is
+                stored = {_STORED[p.meta["val"].dtype] for p in _sources(node.args[1]) if p.meta["val"].dtype in _STORED}
+                found[module_of(node.meta.get("nn_module_stack"))] = "+".join(sorted(stored)) or "fp32"
+        return found
 
     def executable(self, program: torch.export.ExportedProgram) -> Callable[..., torch.Tensor]:
         """What a session calls: the program's module, run op by op by eager PyTorch."""

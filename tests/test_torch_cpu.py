@@ -213,8 +213,8 @@ WEIGHT_ONLY_POLICY = {"default": "int4", "head": "fp32", "layers": {"0.ffn_down"
 
 
 def test_weight_only_policy_runs_int4_and_int8_kernels_layer_by_layer(tiny_llama, text_jsonl, tmp_path):
-    """Neural Compressor's RTN per the policy, run by PyTorch's int8 / int4 weight-only kernels: the saved program computes
-    exactly what NC's own (float-dequantizing) weight-only model computes, and stores fewer bytes."""
+    """Neural Compressor's RTN per the policy, stored as integers in the program: it computes exactly what NC's own
+    (float-dequantizing) weight-only model computes, and stores fewer bytes."""
     from neural_compressor.torch.quantization import RTNConfig, convert, prepare
 
     recipe = {"name": "wo", "threads": 1, "steps": [
@@ -231,8 +231,8 @@ def test_weight_only_policy_runs_int4_and_int8_kernels_layer_by_layer(tiny_llama
     assert (report["int8_linears"], report["fp32_linears"], report["int4_linears"]) == (1, 4, 10)
     assert wo.precision == "mixed-weights" and wo.candidate.startswith("llama-mixed-weights-")
     program = torch.export.load(wo.files[0])
-    ops = [str(n.target) for n in program.graph.nodes]
-    assert (ops.count("aten._weight_int4pack_mm_for_cpu.default"), ops.count("aten._weight_int8pack_mm.default"), ops.count("aten.linear.default")) == (10, 1, 4)
+    dtypes = [t.dtype for t in [*program.state_dict.values(), *program.constants.values()]]
+    assert (dtypes.count(torch.uint8), dtypes.count(torch.int8)) == (10, 1)  # int4 pairs per byte; the one int8 layer
     # tensor bytes, not file size: on a model this small the serialized graph outweighs the weights
     stored = lambda p: sum(t.numel() * t.element_size() for t in [*p.state_dict.values(), *p.constants.values()])  # noqa: E731
     assert stored(program) < 0.5 * stored(torch.export.load(fp32.files[0]))
@@ -266,5 +266,5 @@ def test_weight_only_refusals(tiny_llama, text_jsonl, tmp_path):
         run_pipeline(steps("torch-cpu", {"policy": "int4"}), out=tmp_path / "a", quiet=True)
     with pytest.raises(TailorfitError, match="onnxruntime-cpu has no weight-only quantization"):
         run_pipeline(steps("onnxruntime-cpu", {"policy": "int8", "scheme": "weight-only"}), out=tmp_path / "b", quiet=True)
-    with pytest.raises(TailorfitError, match="does not fit PyTorch's int4 CPU kernel"):
-        run_pipeline(steps("torch-cpu", {"policy": "int4", "scheme": "weight-only", "group_size": 64}), out=tmp_path / "c", quiet=True)
+    with pytest.raises(TailorfitError, match="not whole groups of 48"):
+        run_pipeline(steps("torch-cpu", {"policy": "int4", "scheme": "weight-only", "group_size": 48}), out=tmp_path / "c", quiet=True)
