@@ -86,7 +86,8 @@ class Cache:
     def claim(self, pass_name: str, key: str) -> Iterator[None]:
         """Hold the entry's lock while producing it: two runs sharing a cache (parallel jobs, a bench beside a run)
         would otherwise write the same partial folder; the second waits, then finds the entry made."""
-        lock = self.entry(pass_name, key).with_name(f"{key}.lock")
+        # locks live apart from the entries, so a pass's folder holds only finished entries and partial ones
+        lock = self.root / ".locks" / f"{pass_name}-{key}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "w") as handle:
             try:
