@@ -73,7 +73,7 @@ class Package(Pass):
                     _place(f, dest / f.name, self.config.link)
                 metrics = {
                     "step": steps_by_key.get(m.key, ""), "runtime": target.runtime, "files": [f"{target.folder}/{f.name}" for f in m.files],
-                    "size_mb": round(_size(m) / 2**20, 3),
+                    "size_mb": round(m.size_bytes() / 2**20, 3),
                     "precision": m.precision, "inference_precision": m.inference_precision, "policy": m.policy, **m.metrics,
                     **_versus_baselines(m, groups, timer),
                 }
@@ -140,11 +140,11 @@ def _versus_baselines(m: Lowered, groups: dict[str, dict[str, Lowered]], timer: 
     ratios = timer.ratios(m, list(bases.values()))
     out: dict[str, Any] = {}
     for precision, base in bases.items():
-        versus: dict[str, Any] = {"candidate": base.candidate, "size_ratio": round(_size(m) / _size(base), 4)}
+        versus: dict[str, Any] = {"candidate": base.candidate, "size_ratio": round(m.size_bytes() / base.size_bytes(), 4)}
         if ratios.get(base.candidate):
             versus["latency_ratio"] = ratios[base.candidate]
         if "predictions" in m.reports and "predictions" in base.reports and "accuracy" in m.metrics:
-            mine, theirs = _correct_by_id(m.reports["predictions"]), _correct_by_id(base.reports["predictions"])
+            mine, theirs = correct_by_id(m.reports["predictions"]), correct_by_id(base.reports["predictions"])
             ids = sorted(set(mine) & set(theirs))
             versus["accuracy_change"] = paired_difference(np.array([mine[i] for i in ids]), np.array([theirs[i] for i in ids]))
         out[precision] = versus
@@ -182,10 +182,7 @@ class _PairedTimer:
         return out
 
 
-def _size(m: Lowered) -> int:
-    return sum(f.stat().st_size for f in m.files)
-
-
-def _correct_by_id(path: Path) -> dict[int, int]:
+def correct_by_id(path: Path) -> dict[int, int]:
+    """Per test example id, 1 when the model's prediction was right: the rows paired comparisons are made on."""
     with open(path) as f:
         return {r["id"]: r["correct"] for r in map(json.loads, f)}

@@ -92,7 +92,7 @@ class Quantize(Pass):
         else:
             keep = sorted(n for n, (p, _) in expected.items() if p == "fp32")
             with ctx.progress("calibrating and quantizing", None):
-                files = target.quantize(model.files, keep, self._calibration(model, data, ctx.seed), self.config.calibration_samples, out)
+                files = target.quantize(model.files, keep, self.calibration_inputs(model, data, ctx.seed), self.config.calibration_samples, out)
             report = self._verify(target.runtime_precisions(files, ctx.threads, model.inference_precision), expected, exact=False)
         (ctx.work_dir / "precision_report.json").write_text(json.dumps(report, indent=1))
         suffix = label if not label.startswith("mixed") else label + "-" + hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:6]
@@ -106,7 +106,8 @@ class Quantize(Pass):
             reports={"precision": ctx.work_dir / "precision_report.json"},
         )
 
-    def _calibration(self, model: Lowered, data: Dataset, seed: int) -> list[dict[str, Any]]:
+    def calibration_inputs(self, model: Lowered, data: Dataset, seed: int) -> list[dict[str, Any]]:
+        """The model's input batches drawn from the train split, as the runtime's quantizer sees them."""
         tok = load_preprocessor(model.source)
         rows = read_split(data, "train")
         if data.task == "causal-lm":

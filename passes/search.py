@@ -197,7 +197,7 @@ class CandidateEvaluator:
             timings["quantize"] = time.perf_counter() - t
         metrics: dict[str, Any] = {
             "params": architecture["params"], "non_embedding_params": architecture["non_embedding_params"], "macs": architecture["macs"],
-            "size_mb": sum(f.stat().st_size for f in lowered.files) / 2**20,
+            "size_mb": lowered.size_bytes() / 2**20,
         }
         t = time.perf_counter()
         evaluated = Evaluate(EvaluateConfig(split="validation", max_length=c.sequence_length, bootstrap=100)).run(self._stage(root, "evaluate"), model=lowered, data=self.data)

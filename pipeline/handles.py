@@ -94,6 +94,10 @@ class Lowered(Handle):
     metrics: dict[str, Any] = {}
     reports: dict[str, Path] = {}
 
+    def size_bytes(self) -> int:
+        """The runtime files' size on disk: what a deployment ships."""
+        return sum(f.stat().st_size for f in self.files)
+
 
 class SuperNet(Handle):
     """An elastic super-network: its (importance-reordered) full-size weights as a model folder, and its search space."""

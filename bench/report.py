@@ -1,0 +1,87 @@
+"""Writing a report folder (``report.md``, ``report.json``, the sections' plots) and the README's results section,
+which is generated from the latest full report between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tailorfit.pipeline.cache import write_json_atomic
+
+from .sections import Section
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+QUICK_SUFFIX = "-quick"  # quick reports sit beside full ones and never feed the README: their numbers are not results
+
+
+def write_report(partial: Path, final: Path, meta: dict[str, Any], sections: dict[str, Section]) -> Path:
+    """Write report.md and report.json into ``partial`` (which already holds the plots) and swap it in as ``final``."""
+    body = [f"# tailorfit bench, {meta['date']}{' (quick: a smoke test, not results)' if meta['quick'] else ''}", "", _header(meta)]
+    for number, section in enumerate(sections.values(), 1):
+        body += ["", f"## {number}. {section.title}", "", section.markdown]
+    (partial / "report.md").write_text("\n".join(body) + "\n")
+    payload = {
+        "meta": meta,
+        "sections": {name: {"title": s.title, "markdown": s.markdown, "readme": s.readme, "plots": [p.name for p in s.plots], "data": s.data}
+                     for name, s in sections.items()},
+    }
+    write_json_atomic(partial / "report.json", payload)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        shutil.rmtree(old)
+    os.replace(partial, final)
+    return final
+
+
+def _header(meta: dict[str, Any]) -> str:
+    host = meta["host"]
+    versions = ", ".join(f"{k} {v}" for k, v in meta["packages"].items() if v != "not installed")
+    return (
+        f"`{meta['command']}` — recipe `{meta['recipe']}` (run folder `{meta['run_dir']}`), {meta['seconds']:.0f} s.  \n"
+        f"Host: {host['cpu']}, {host['logical_cores']} logical cores ({', '.join(host['isa'])}), {meta['threads']} threads, "
+        f"Python {host['python']}, {host['platform']}.  \nVersions: {versions}."
+    )
+
+
+def latest_report(root: Path) -> Path | None:
+    """The newest full (not quick) report.json under the bench folder; dated folder names sort by date."""
+    found = sorted(p for p in root.glob("*/report.json") if re.fullmatch(r"\d{4}-\d{2}-\d{2}", p.parent.name))
+    return found[-1] if found else None
+
+
+def readme_section(report: dict[str, Any], report_path: str) -> str:
+    """The README's results text: when, where, with what, then each section's summary table."""
+    meta = report["meta"]
+    host = meta["host"]
+    keys = ("torch", "transformers", "openvino", "nncf", "optimum-intel", "onnxruntime", "neural-compressor-pt")
+    versions = ", ".join(f"{k} {meta['packages'][k]}" for k in keys if k in meta["packages"])
+    lines = [
+        f"### Benchmark: `{meta['command']}`, {meta['date']}",
+        f"Generated from [`{report_path}`]({report_path}) by `python -m bench --readme-only`. {host['cpu']}, "
+        f"{host['logical_cores']} logical cores, {meta['threads']} threads, batch 1; {versions}.",
+    ]
+    for section in report["sections"].values():
+        lines += ["", f"#### {section['title']}", "", section["readme"] or section["markdown"]]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, report_json: Path) -> bool:
+    """Rewrite what lies between the bench markers from ``report_json``; False (README untouched) without markers."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        return False
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    try:
+        shown = report_json.resolve().relative_to(readme.resolve().parent)
+    except ValueError:
+        shown = report_json
+    section = readme_section(json.loads(report_json.read_text()), str(shown.parent / "report.md"))
+    tmp = readme.with_name(f".{readme.name}.tmp{os.getpid()}")
+    tmp.write_text(text[:start] + "\n" + section + "\n" + text[end:])
+    os.replace(tmp, readme)
+    return True
