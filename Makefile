@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Extra pip arguments for torch, e.g. a CPU-only package index where the default one serves CUDA builds.
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup run quick test clean-cache
+.PHONY: setup run quick test bench bench-quick clean-cache
 
 setup: $(STAMP)
 
@@ -29,6 +29,14 @@ quick: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# the benchmark against peers and the machine's limits (bench/, issue #5): report under artifacts/bench/<date>/;
+# the full one also rewrites README.md's results section between the bench markers
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) -m bench --update-readme
+
+bench-quick: setup
+	HF_HUB_OFFLINE=1 $(PY) -m bench --quick
 
 clean-cache:
 	rm -rf artifacts/.cache
