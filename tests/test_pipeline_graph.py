@@ -1,6 +1,8 @@
 """Recipes are validated completely before anything runs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tailorfit.pipeline import Pipeline, TailorfitError, load_recipe
@@ -115,3 +117,10 @@ def test_embedded_default_recipe_is_valid():
     pipe = Pipeline(recipe)
     assert pipe.order[0] == "model" and pipe.order[-1] == "package"
     assert len(pipe.nodes["package"].wiring["models"]) == 4
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("recipes/*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_parses_and_wires(path):
+    recipe, _ = load_recipe(path)
+    pipe = Pipeline(recipe)
+    assert pipe.order and all(node in pipe.order for node in pipe.nodes)
