@@ -1,5 +1,5 @@
 """Section 1, artifact quality: every entry's test accuracy on its own runtime (95% CI, paired change vs the OpenVINO
-FP32 model on the same rows), latency timed round-robin in one process (median, p90, per-round ratio to FP32), size on
+FP32 model on the same rows), latency timed interleaved in one process (median, p90, per-round ratio to FP32), size on
 disk, params, MACs and peak memory of a process serving it."""
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def _markdown(rows: list[dict[str, Any]], ctx: BenchContext) -> str:
     parts = [
         f"Test split ({examples} rows, the same rows for every entry: changes are paired), accuracy measured on each entry's "
         f"own runtime, 95% bootstrap intervals. Latency: batch 1, {ctx.threads} threads, all {len(rows)} entries loaded in one "
-        f"process and timed round-robin, {first.runs} rounds after {first.warmup} warm-up runs each; `x FP32` is the median over "
+        f"process and timed interleaved (each round in its own shuffled order), {first.runs} rounds after {first.warmup} warm-up runs each; `x FP32` is the median over "
         f"rounds of the entry's time over the FP32 model's time in the same round. Other CPU load while timing: {loads}"
         + (f" (above {s.max_other_load} cores in every attempt at {', '.join(map(str, busy))} tokens: flagged busy)." if busy else "."),
         f"Peak RSS: the whole process serving the entry (Python, numpy, torch — imported by tailorfit's target code —, the runtime, "

@@ -22,7 +22,7 @@ def matmul_ceilings(threads: int, seed: int = 0) -> tuple[dict[str, Callable[[],
     """One N x N x N product (activations x constant weights, as in a linear layer) per precision, compiled for the
     artifacts' thread count: ``({CEILING + precision: run}, {precision: what OpenVINO reports executing})``. int8 is the
     f32 model quantized by NNCF (OpenVINO then runs the product on int8 kernels). The caller times them in the same
-    round-robin as the artifacts, so a percentage of the ceiling compares times taken in the same machine state."""
+    interleaved rounds as the artifacts, so a percentage of the ceiling compares times taken in the same machine state."""
     import nncf
     import openvino as ov
     from openvino import opset13 as ops
@@ -80,7 +80,7 @@ def run(ctx: BenchContext) -> Section:
     markdown = "\n".join([
         f"Ceilings: one {N}x{N}x{N} matrix product (activations times constant weights, like a linear layer) on OpenVINO CPU with "
         f"{ctx.threads} threads in f32, bf16 and int8 (the f32 product quantized by NNCF); `executed as` is what OpenVINO's compiled "
-        "graph reports. They are timed in the same round-robin as the artifacts (the rounds of the artifact table), so each "
+        "graph reports. They are timed in the same interleaved rounds as the artifacts (the rounds of the artifact table), so each "
         "percentage compares times taken in the same machine state: the median over rounds of (2 x MACs / entry time) / "
         f"(2 x {N}^3 / ceiling time), MACs from tailorfit's cost model. Each entry is held to the ceiling of the precision its products "
         "run in (int8 for INT8 and mixed models; torch-cpu INT8 too, although eager PyTorch computes its products in float).",

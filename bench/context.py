@@ -102,7 +102,7 @@ class BenchContext:
 
     @cached_property
     def latency(self) -> dict[int, InterleavedLatency]:
-        """All entries loaded in this one process and timed round-robin at batch 1, per sequence length; this CPU's
+        """All entries loaded in this one process and timed interleaved at batch 1, per sequence length; this CPU's
         matmul ceilings (section "Distance to the limit") run in the same rounds, so their ratios hold too."""
         s = self.settings
         sessions = {e.name: get_target(e.model.target).session(e.model.files, self.threads, e.model.inference_precision) for e in self.entries}
@@ -113,7 +113,7 @@ class BenchContext:
             for e in self.entries:
                 run, inputs = sessions[e.name], synthetic_inputs(e.model, length, rng)
                 runs[e.name] = lambda run=run, inputs=inputs: run(inputs)
-            log.info("timing %d entries round-robin at %d tokens, %d rounds", len(runs), length, s.rounds)
+            log.info("timing %d entries interleaved (shuffled per round) at %d tokens, %d rounds", len(runs), length, s.rounds)
             out[length] = measure_interleaved(runs, warmup=s.warmup, rounds=s.rounds, max_other_load=s.max_other_load)
         return out
 

@@ -30,7 +30,7 @@ def build_bert_base(run: RecipeRun, folder: Path) -> Path:
 
     torch.manual_seed(run.seed)
     tok = load_preprocessor(run.finetuned)
-    model = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, num_labels=run.finetuned_config()["num_labels"]))
+    model = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, num_labels=run.finetuned.num_labels))
     partial = folder.with_name(folder.name + ".partial")
     model.save_pretrained(partial)
     tok.save_pretrained(partial)

@@ -76,7 +76,7 @@ def _recipe_run(tmp_path):
 
     model = tmp_path / "tuned"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"num_hidden_layers": 6, "intermediate_size": 1536, "hidden_size": 384, "num_labels": 2}))
+    (model / "config.json").write_text(json.dumps({"num_hidden_layers": 6, "intermediate_size": 1536, "hidden_size": 384}))
     raw = {"name": "r", "steps": [
         {"id": "model", "pass": "load", "config": {"path": "x"}}, {"id": "data", "pass": "dataset", "config": {"path": "y"}},
         {"id": "tuned", "pass": "finetune"}, {"id": "sn", "pass": "supernet", "config": {"ffn_choices": [768, 1536], "min_layers": 4}},
