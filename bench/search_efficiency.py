@@ -108,7 +108,8 @@ def _table(data: dict[str, Any]) -> str:
 
 def _markdown(data: dict[str, Any]) -> str:
     return "\n".join([
-        f"{len(data['seeds'])} seeds × {len(ALGORITHMS)} algorithms, {data['budget']} measured evaluations each (the first {data['initial']} "
-        "are the same random population for every algorithm of a seed). Every evaluation is a real extract → lower → quantize → "
+        f"{len(data['seeds'])} seeds × {len(ALGORITHMS)} algorithms, {data['budget']} measured evaluations each, counting the unpruned "
+        f"FP32 / INT8 baselines; those and the first {data['initial']} random candidates are measured once per seed and shared by every "
+        "algorithm of that seed. Every evaluation is a real extract → lower → quantize → "
         "evaluate → time on the target.", "", _table(data), "", "![hypervolume vs evaluations](search_efficiency.png)",
     ])
