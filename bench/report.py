@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
-from tailorfit.pipeline.cache import write_json_atomic
+from tailorfit.pipeline.cache import swap_in_folder, write_json_atomic
 
 from .sections import Section
 
@@ -29,13 +28,7 @@ def write_report(partial: Path, final: Path, meta: dict[str, Any], sections: dic
                      for name, s in sections.items()},
     }
     write_json_atomic(partial / "report.json", payload)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        shutil.rmtree(old)
-    os.replace(partial, final)
-    return final
+    return swap_in_folder(partial, final)
 
 
 def _header(meta: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from tailorfit.pipeline.cache import swap_in_folder
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.handles import Artifact, Lowered, SearchResult
@@ -81,7 +82,7 @@ class Package(Pass):
             (folder / "metrics.json").write_text(json.dumps(entry, indent=2, default=str))
             (folder / "README.md").write_text(model_card(entry, manifest))
             summary[cand] = entry
-        final = _swap_in(tmp, ctx.run_dir / "candidates")
+        final = swap_in_folder(tmp, ctx.run_dir / "candidates")
         if searches:
             reports = ctx.run_dir / ".search.partial"
             shutil.rmtree(reports, ignore_errors=True)
@@ -92,21 +93,10 @@ class Package(Pass):
                 for f in sorted(search.path.iterdir()):
                     if f.is_file() and f.name != "handle.json":
                         _place(f, dest / f.name, self.config.link)
-            _swap_in(reports, ctx.run_dir / "search")
+            swap_in_folder(reports, ctx.run_dir / "search")
         (ctx.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
         ctx.log.info("packaged %d candidates in %s", len(summary), final)
         return Artifact(path=ctx.run_dir, candidates=sorted(summary))
-
-
-def _swap_in(tmp: Path, final: Path) -> Path:
-    """Replace ``final`` with the finished ``tmp`` folder (a reader never sees half of either)."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        shutil.rmtree(old)
-    os.replace(tmp, final)
-    return final
 
 
 def _place(src: Path, dst: Path, link: bool) -> None:

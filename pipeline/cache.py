@@ -54,6 +54,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def swap_in_folder(tmp: Path, final: Path) -> Path:
+    """Replace ``final`` with the finished ``tmp`` folder (a reader never sees half of either)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        shutil.rmtree(old)
+    os.replace(tmp, final)
+    return final
+
+
 def _paths_exist(value: Any) -> bool:
     if isinstance(value, Path):
         return value.exists()
