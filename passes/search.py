@@ -17,6 +17,7 @@ A killed search resumes from the store: the search replays deterministically, an
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import sqlite3
 from pathlib import Path
@@ -141,23 +142,30 @@ class CandidateEvaluator:
     """
 
     def __init__(self, ctx: PassContext, supernet: SuperNet, data: Dataset, config: SearchConfig):
-        self.ctx, self.config = ctx, config
+        self.ctx, self.config, self.supernet, self.data = ctx, config, supernet, data
         self.settings = TaskSettings(target=config.target, sequence_length=config.sequence_length, calibration_samples=config.calibration_samples,
                                      latency_runs=config.latency_runs, seed=ctx.seed, threads=ctx.threads)
-        executor = ctx.executor
-        self.build_args = {"supernet": supernet, "supernet_folder": executor.share(supernet.path), "data": data,
-                           "data_folder": executor.share(data.path), "settings": self.settings}
-        folder = self._reference(supernet)
-        reference = Lowered.model_validate_json((folder / "lowered.json").read_text()).relocate(self.ctx.work_dir / "reference.partial", folder)
-        self.latency_args = {"reference": reference, "reference_folder": executor.share(folder), "settings": self.settings}
 
-    def _reference(self, supernet: SuperNet) -> Path:
+    # shipped on first need: a search answered wholly from its store ships nothing and builds no reference
+    @functools.cached_property
+    def build_args(self) -> dict[str, Any]:
+        share = self.ctx.executor.share
+        return {"supernet": self.supernet, "supernet_folder": share(self.supernet.path), "data": self.data, "data_folder": share(self.data.path),
+                "settings": self.settings}
+
+    @functools.cached_property
+    def latency_args(self) -> dict[str, Any]:
+        folder = self._reference()
+        reference = Lowered.model_validate_json((folder / "lowered.json").read_text()).relocate(self.ctx.work_dir / "reference.partial", folder)
+        return {"reference": reference, "reference_folder": self.ctx.executor.share(folder), "settings": self.settings}
+
+    def _reference(self) -> Path:
         """The unpruned FP32 model on the target, built once per search: every candidate is timed interleaved with it."""
         folder = self.ctx.work_dir / "reference"
         if not (folder / "lowered.json").is_file():
             tmp = self.ctx.work_dir / "reference.partial"
             shutil.rmtree(tmp, ignore_errors=True)
-            dense = Extract(ExtractConfig(subnet="largest", name="reference")).run(self._stage(tmp, "extract"), supernet=supernet)
+            dense = Extract(ExtractConfig(subnet="largest", name="reference")).run(self._stage(tmp, "extract"), supernet=self.supernet)
             lowered = Lower(LowerConfig(target=self.config.target)).run(self._stage(tmp, "lower"), model=dense)
             (tmp / "lowered.json").write_text(lowered.model_dump_json())
             shutil.rmtree(folder, ignore_errors=True)
@@ -177,6 +185,8 @@ class CandidateEvaluator:
         for candidate, g in zip(candidates, genomes):
             if store.get(candidate.id) is None:
                 new.setdefault(candidate.id, (candidate, genome.canonical(g)))
+        if not new:
+            return [store.get(candidate.id) for candidate in candidates]
         executor = self.ctx.executor
         built = executor.map(build_and_score, [candidate for candidate, _ in new.values()], self.build_args, on_done=lambda: bar.advance(0.5))
         timed = executor.map(time_latency, built, self.latency_args, resources={self.config.target: 1}, on_done=lambda: bar.advance(0.5))

@@ -136,6 +136,8 @@ class RayExecutor(Executor):
         self._owned = True
 
     def map(self, fn, items, shared_args=None, resources=None, on_done=None):
+        if not items:
+            return []
         self._connect()
         ray = self._ray
         if resources:

@@ -5,10 +5,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import TailorfitError
-from .executor import parse_executor
 
 DEFAULT_RECIPE = Path(__file__).with_name("default_recipe.yaml")
 
@@ -39,18 +38,8 @@ class Recipe(BaseModel):
     description: str = ""
     seed: int = 0
     threads: int | None = Field(default=None, ge=1, description="CPU threads for training and inference (default: all cores)")
-    executor: str | None = Field(default=None, description="local, ray or ray://HOST:PORT (default: ray when $RAY_ADDRESS is set, else local)")
+    executor: str | None = Field(default=None, description="local, ray or ray://HOST:PORT (default: ray when $RAY_ADDRESS is set, else local); --executor overrides it")
     steps: list[Step] = Field(min_length=1)
-
-    @field_validator("executor")
-    @classmethod
-    def _known_executor(cls, spec: str | None) -> str | None:
-        if spec is not None:
-            try:
-                parse_executor(spec)
-            except TailorfitError as err:
-                raise ValueError(err.problem) from None
-        return spec
 
 
 def _first_error(err: ValidationError) -> str:
