@@ -10,42 +10,35 @@ the cheap estimate: the extracted weights in PyTorch with the policy simulated b
 recipe picks which accuracy drives the search; both are recorded so their rank agreement is reported.
 The unpruned model in FP32 and fully INT8 is measured first, in the same run, as the baselines. Latency is
 timed round-robin with the unpruned FP32 model kept loaded, and the search optimises that paired ratio.
+Each batch of new candidates is handed to the context's executor (``search_tasks``: in-process, or Ray tasks,
+latency only on nodes advertising the target); this pass alone writes the store, in candidate order, so the
+store is the same whichever executor measured it.
 A killed search resumes from the store: the search replays deterministically, answering stored candidates.
 """
 from __future__ import annotations
 
-import json
-import logging
+import functools
 import shutil
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
-from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
-from tailorfit.pipeline.data import chunks, encode_rows, read_split
+from tailorfit.pipeline.contract import Pass, PassConfig, PassContext, ProgressTask
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.evaluation_store import EvaluationStore
-from tailorfit.pipeline.fake_quant import simulated_policy
-from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.genome import Candidate, Genome
 from tailorfit.pipeline.handles import Dataset, Lowered, SearchResult, SuperNet
-from tailorfit.pipeline.models import ARCHITECTURE, input_names, load_preprocessor, load_torch_model
 from tailorfit.pipeline.policy import QuantizationPolicy
 from tailorfit.pipeline.multiobjective import IntegerProblem, SearchSettings, run_search
-from tailorfit.pipeline.search_report import OBJECTIVES, objective_matrix, write_report
-from tailorfit.targets import TARGETS, get_target
-from tailorfit.targets.timing import measure_interleaved
+from tailorfit.pipeline.search_report import objective_matrix, write_report
+from tailorfit.targets import TARGETS
 
-from .benchmark import synthetic_inputs
-from .evaluate import Evaluate, EvaluateConfig
 from .extract import Extract, ExtractConfig
 from .lower import Lower, LowerConfig
-from .quantize import Quantize, QuantizeConfig
+from .search_tasks import TaskSettings, build_and_score, time_latency
 
 
 class SearchConfig(PassConfig, SearchSettings):
@@ -100,17 +93,13 @@ class Search(Pass):
         store = EvaluationStore(store_path, genome.fingerprint())
         evaluator = CandidateEvaluator(ctx, supernet, data, c)
         try:
-            baselines = self._baselines(genome, store, evaluator)
+            baselines = self._baselines(genome, store, evaluator, ctx)
             problem = IntegerProblem(*genome.bounds(), n_obj=len(c.objectives), n_constr=len(_constraints(c)), canonical=genome.canonical,
                                      sample=lambda rng, k: genome.sample(rng, k, c.near_largest))
             settings = SearchSettings(**c.model_dump(include=set(SearchSettings.model_fields)) | {"seed": ctx.seed if c.seed is None else c.seed})
             with ctx.progress(f"measuring candidates on {c.target}", c.budget) as bar:
                 def measure(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                    rows = []
-                    for g in X:
-                        rows.append(_measured(genome, store, evaluator, g, "search"))
-                        bar.advance(1)
-                    return objective_matrix(rows, c, baselines["fp32"])
+                    return objective_matrix(evaluator.measured(genome, store, list(X), "search", bar), c, baselines["fp32"])
 
                 history = run_search(problem, measure, settings, on_iteration=lambda h: write_report(ctx.work_dir, h, store, c, baselines, final=False))
             report = write_report(ctx.work_dir, history, store, c, baselines, final=True)
@@ -124,17 +113,15 @@ class Search(Pass):
         ctx.log.info("search measured %d candidates; %d on the Pareto front; hypervolume %.4f", len(history.X), len(report["front"]), report["hypervolume"])
         return SearchResult(path=ctx.work_dir, supernet=supernet, target=c.target, objectives=c.objectives, baselines=baselines, front=report["front"])
 
-    def _baselines(self, genome: Genome, store: EvaluationStore, evaluator: "CandidateEvaluator") -> dict[str, dict[str, Any]]:
+    def _baselines(self, genome: Genome, store: EvaluationStore, evaluator: "CandidateEvaluator", ctx: PassContext) -> dict[str, dict[str, Any]]:
         """The unpruned model in FP32 and (when int8 is a gene) fully INT8, measured like every candidate."""
-        largest = genome.space.largest()
-        out = {}
-        for precision in ("fp32", "int8"):
-            if precision in genome.precisions:
-                resolved = QuantizationPolicy(default=precision).resolve(genome.space.num_layers)
-                out[precision] = _measured(genome, store, evaluator, genome.encode(largest, resolved), "baseline")
-        if "fp32" not in out:
+        if "fp32" not in genome.precisions:
             raise TailorfitError("the precision genes lack fp32, so the FP32 baseline cannot be measured", "include fp32 in 'precisions'")
-        return out
+        largest = genome.space.largest()
+        precisions = [p for p in ("fp32", "int8") if p in genome.precisions]
+        genomes = [genome.encode(largest, QuantizationPolicy(default=p).resolve(genome.space.num_layers)) for p in precisions]
+        with ctx.progress(f"measuring the unpruned baselines on {self.config.target}", len(genomes)) as bar:
+            return dict(zip(precisions, evaluator.measured(genome, store, genomes, "baseline", bar)))
 
 
 def _refuse_causal_lm(task: str | None) -> None:
@@ -146,114 +133,65 @@ def _constraints(c: SearchConfig) -> list[str]:
     return [k for k in ("max_accuracy_drop", "max_latency_ms", "max_size_mb") if getattr(c, k) is not None]
 
 
-def _measured(genome: Genome, store: EvaluationStore, evaluator: "CandidateEvaluator", g: np.ndarray, role: str) -> dict[str, Any]:
-    """The stored record of a genome's candidate, measuring it first if it is new."""
-    candidate = genome.decode(g)
-    record = store.get(candidate.id)
-    if record is None:
-        t0 = time.perf_counter()
-        metrics = evaluator.measure(candidate)
-        store.add(candidate, genome.canonical(g).tolist(), metrics, time.perf_counter() - t0, role)
-        record = store.get(candidate.id)
-    return record
-
-
 class CandidateEvaluator:
-    """Measures one candidate: the real chain of passes on the target, its latency there, and the cheap estimate."""
+    """Measures batches of candidates through the context's executor and records them, in candidate order, in the store.
+
+    Building and scoring (``search_tasks.build_and_score``) may run anywhere; timing (``time_latency``) asks for the
+    target as a resource, so on Ray it runs only on nodes advertising it, one at a time per node. The super-network,
+    the dataset and the unpruned FP32 reference are shipped once per search, not per candidate.
+    """
 
     def __init__(self, ctx: PassContext, supernet: SuperNet, data: Dataset, config: SearchConfig):
-        self.ctx, self.supernet, self.data, self.config = ctx, supernet, data, config
-        self.rows = read_split(data, "validation")
-        self.family = family_by_name(supernet.source.family)
-        self.preprocessor = load_preprocessor(supernet.source)
-        self.log = logging.getLogger(f"tailorfit.{ctx.step_id}.candidate")
-        self.log.setLevel(logging.WARNING)  # the inner passes' info lines would drown the search's own
-        self._reference_model: Lowered | None = None
-        self._reference_run = None
+        self.ctx, self.config, self.supernet, self.data = ctx, config, supernet, data
+        self.settings = TaskSettings(target=config.target, sequence_length=config.sequence_length, calibration_samples=config.calibration_samples,
+                                     latency_runs=config.latency_runs, seed=ctx.seed, threads=ctx.threads)
+
+    # shipped on first need: a search answered wholly from its store ships nothing and builds no reference
+    @functools.cached_property
+    def build_args(self) -> dict[str, Any]:
+        share = self.ctx.executor.share
+        return {"supernet": self.supernet, "supernet_folder": share(self.supernet.path), "data": self.data, "data_folder": share(self.data.path),
+                "settings": self.settings}
+
+    @functools.cached_property
+    def latency_args(self) -> dict[str, Any]:
+        folder = self._reference()
+        reference = Lowered.model_validate_json((folder / "lowered.json").read_text()).relocate(self.ctx.work_dir / "reference.partial", folder)
+        return {"reference": reference, "reference_folder": self.ctx.executor.share(folder), "settings": self.settings}
+
+    def _reference(self) -> Path:
+        """The unpruned FP32 model on the target, built once per search: every candidate is timed interleaved with it."""
+        folder = self.ctx.work_dir / "reference"
+        if not (folder / "lowered.json").is_file():
+            tmp = self.ctx.work_dir / "reference.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            dense = Extract(ExtractConfig(subnet="largest", name="reference")).run(self._stage(tmp, "extract"), supernet=self.supernet)
+            lowered = Lower(LowerConfig(target=self.config.target)).run(self._stage(tmp, "lower"), model=dense)
+            (tmp / "lowered.json").write_text(lowered.model_dump_json())
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+        return folder
 
     def _stage(self, root: Path, stage: str) -> PassContext:
-        """A context for one inner pass, writing under ``root`` (removed once the candidate is recorded)."""
         work = root / stage
         work.mkdir(parents=True)
-        return PassContext(step_id=f"{self.ctx.step_id}:{root.name}", work_dir=work, run_dir=self.ctx.run_dir,
-                           seed=self.ctx.seed, threads=self.ctx.threads, log=self.log)
+        return PassContext(step_id=f"{self.ctx.step_id}:reference", work_dir=work, run_dir=self.ctx.run_dir, seed=self.ctx.seed,
+                           threads=self.ctx.threads, log=self.ctx.log)
 
-    def measure(self, candidate: Candidate) -> dict[str, Any]:
-        c = self.config
-        shutil.rmtree(self.ctx.work_dir / "inflight", ignore_errors=True)  # a candidate a kill interrupted
-        root = self.ctx.work_dir / "inflight" / candidate.id
-        timings: dict[str, float] = {}
-        t = time.perf_counter()
-        dense = Extract(ExtractConfig(subnet=candidate.subnet, seq_len=c.sequence_length, name=candidate.id)).run(self._stage(root, "extract"), supernet=self.supernet)
-        architecture = json.loads((dense.path / ARCHITECTURE).read_text())
-        timings["extract"] = time.perf_counter() - t
-        t = time.perf_counter()
-        lowered: Lowered = Lower(LowerConfig(target=c.target)).run(self._stage(root, "lower"), model=dense)
-        timings["lower"] = time.perf_counter() - t
-        if candidate.quantized:
-            t = time.perf_counter()
-            quantize = Quantize(QuantizeConfig(policy=candidate.policy, calibration_samples=c.calibration_samples, max_length=c.sequence_length))
-            lowered = quantize.run(self._stage(root, "quantize"), model=lowered, data=self.data)
-            timings["quantize"] = time.perf_counter() - t
-        metrics: dict[str, Any] = {
-            "params": architecture["params"], "non_embedding_params": architecture["non_embedding_params"], "macs": architecture["macs"],
-            "size_mb": lowered.size_bytes() / 2**20,
-        }
-        t = time.perf_counter()
-        evaluated = Evaluate(EvaluateConfig(split="validation", max_length=c.sequence_length, bootstrap=100)).run(self._stage(root, "evaluate"), model=lowered, data=self.data)
-        with open(evaluated.reports["predictions"]) as f:
-            metrics["correct"] = "".join(str(r["correct"]) for r in map(json.loads, f))
-        metrics["accuracy"] = evaluated.metrics["accuracy"]
-        timings["evaluate"] = time.perf_counter() - t
-        t = time.perf_counter()
-        metrics.update(self._latency(lowered))
-        timings["latency"] = time.perf_counter() - t
-        t = time.perf_counter()
-        metrics["estimate_correct"] = self._estimate(dense, candidate)
-        metrics["accuracy_estimate"] = metrics["estimate_correct"].count("1") / len(metrics["estimate_correct"])
-        timings["estimate"] = time.perf_counter() - t
-        metrics["seconds_by_stage"] = {k: round(v, 3) for k, v in timings.items()}
-        shutil.rmtree(self.ctx.work_dir / "inflight", ignore_errors=True)
-        return metrics
+    def measured(self, genome: Genome, store: EvaluationStore, genomes: list[np.ndarray], role: str, bar: ProgressTask) -> list[dict[str, Any]]:
+        """The stored records of these genomes' candidates, measuring the new ones first (in parallel where the executor allows)."""
+        candidates = [genome.decode(g) for g in genomes]
+        new: dict[str, tuple[Candidate, np.ndarray]] = {}
+        for candidate, g in zip(candidates, genomes):
+            if store.get(candidate.id) is None:
+                new.setdefault(candidate.id, (candidate, genome.canonical(g)))
+        if not new:
+            return [store.get(candidate.id) for candidate in candidates]
+        executor = self.ctx.executor
+        built = executor.map(build_and_score, [candidate for candidate, _ in new.values()], self.build_args, on_done=lambda: bar.advance(0.5))
+        timed = executor.map(time_latency, built, self.latency_args, resources={self.config.target: 1}, on_done=lambda: bar.advance(0.5))
+        for (candidate, canonical), b, t in zip(new.values(), built, timed):
+            metrics = {**b.metrics, **t.metrics, "seconds_by_stage": {**b.metrics["seconds_by_stage"], "latency": round(t.seconds, 3)}}
+            store.add(candidate, canonical.tolist(), metrics, b.seconds + t.seconds, role)
+        return [store.get(candidate.id) for candidate in candidates]
 
-    def _reference(self) -> Lowered:
-        """The unpruned FP32 model on the target, kept loaded: every candidate is timed interleaved with it."""
-        if self._reference_model is None:
-            folder = self.ctx.work_dir / "reference"
-            if not (folder / "lowered.json").is_file():
-                tmp = self.ctx.work_dir / "reference.partial"
-                shutil.rmtree(tmp, ignore_errors=True)
-                dense = Extract(ExtractConfig(subnet="largest", name="reference")).run(self._stage(tmp, "extract"), supernet=self.supernet)
-                lowered = Lower(LowerConfig(target=self.config.target)).run(self._stage(tmp, "lower"), model=dense)
-                (tmp / "lowered.json").write_text(lowered.model_dump_json())
-                shutil.rmtree(folder, ignore_errors=True)
-                tmp.rename(folder)
-            self._reference_model = Lowered.model_validate_json((folder / "lowered.json").read_text()).relocate(self.ctx.work_dir / "reference.partial", folder)
-            self._reference_run = get_target(self.config.target).session(self._reference_model.files, self.ctx.threads, self._reference_model.inference_precision)
-        return self._reference_model
-
-    def _latency(self, lowered: Lowered) -> dict[str, float]:
-        """Median latency, and its ratio to the unpruned FP32 model timed round-robin with it: the ratio is what the
-        search optimises, because on a shared machine medians of separate measurements drift by tens of percent."""
-        reference = self._reference()
-        run = get_target(lowered.target).session(lowered.files, self.ctx.threads, lowered.inference_precision)
-        rng = np.random.default_rng(self.ctx.seed)
-        inputs = synthetic_inputs(lowered, self.config.sequence_length, rng)
-        ref_inputs = synthetic_inputs(reference, self.config.sequence_length, rng)
-        timed = measure_interleaved({"candidate": lambda: run(inputs), "reference": lambda: self._reference_run(ref_inputs)},
-                                    warmup=5, rounds=self.config.latency_runs)
-        return {"latency_ms": timed.stats["candidate"].median_ms, "reference_latency_ms": timed.stats["reference"].median_ms,
-                "latency_ratio": timed.ratio("candidate", "reference"), "latency_other_cpu_load": timed.stats["candidate"].other_cpu_load}
-
-    def _estimate(self, dense, candidate: Candidate) -> str:
-        """Per-example correctness of the extracted PyTorch weights with the policy fake-quantized."""
-        model = load_torch_model(dense).eval()
-        names = input_names(model, dense)
-        resolved = candidate.policy.resolve(len(candidate.subnet.kept()))
-        out = []
-        with torch.inference_mode(), simulated_policy(model, self.family, resolved):
-            for part in chunks(self.rows, 32):
-                batch = {k: torch.from_numpy(v) for k, v in encode_rows(self.preprocessor, part, names, self.config.sequence_length).items()}
-                pred = model(**batch).logits.argmax(-1)
-                out += [str(int(p == r["label"])) for p, r in zip(pred.tolist(), part)]
-        return "".join(out)

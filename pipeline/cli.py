@@ -17,7 +17,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from .inspect_run import print_run, wide_console
     from .runner import run_pipeline
 
-    result = run_pipeline(args.recipe, out=args.out, cache_dir=args.cache, force=args.force, quiet=args.quiet, debug=args.debug)
+    result = run_pipeline(args.recipe, out=args.out, cache_dir=args.cache, force=args.force, quiet=args.quiet, debug=args.debug, executor=args.executor)
     if not args.quiet:
         print_run(result.run_dir, wide_console(stderr=True))
     print(result.run_dir)
@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="artifacts", help="output root; the run goes to OUT/<recipe name> (default: artifacts)")
     run.add_argument("--cache", default=None, help="cache folder (default: $TAILORFIT_CACHE or OUT/.cache)")
     run.add_argument("--force", action="append", default=[], metavar="PASS", help="re-run this step or pass and everything after it (repeatable)")
+    run.add_argument("--executor", default=None, metavar="SPEC",
+                     help="local, ray or ray://HOST:PORT: where parallel work (search candidates) runs (default: the recipe's, else ray when $RAY_ADDRESS is set, else local)")
     run.set_defaults(func=_cmd_run)
     sub.add_parser("passes", parents=[common], help="list passes with their config fields").set_defaults(func=_cmd_passes)
     sub.add_parser("targets", parents=[common], help="list deployment targets").set_defaults(func=_cmd_targets)

@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar, Iterator
 from pydantic import BaseModel, ConfigDict
 
 from .errors import TailorfitError
+from .executor import Executor, LocalExecutor
 from .handles import Handle
 
 
@@ -48,7 +49,7 @@ class ProgressTask:
 
 @dataclass
 class PassContext:
-    """What a pass may touch: its own output directory and the run-wide settings."""
+    """What a pass may touch: its own output directory, the run-wide settings, and the executor it hands parallel work to."""
 
     step_id: str
     work_dir: Path  # the pass's output directory; renamed into the cache when run returns
@@ -57,6 +58,7 @@ class PassContext:
     threads: int
     log: logging.Logger
     progress_factory: Callable[[str, float | None], Any] | None = None
+    executor: Executor = field(default_factory=LocalExecutor)  # where the pass's parallel work runs
     extras: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager

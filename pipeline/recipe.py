@@ -38,6 +38,7 @@ class Recipe(BaseModel):
     description: str = ""
     seed: int = 0
     threads: int | None = Field(default=None, ge=1, description="CPU threads for training and inference (default: all cores)")
+    executor: str | None = Field(default=None, description="local, ray or ray://HOST:PORT (default: ray when $RAY_ADDRESS is set, else local); --executor overrides it")
     steps: list[Step] = Field(min_length=1)
 
 

@@ -17,6 +17,7 @@ from .cache import Cache, package_versions, step_key, write_json_atomic
 from .console import ProgressDisplay, setup_logging
 from .contract import PassContext
 from .errors import StepSkipped, TailorfitError
+from .executor import executor_from
 from .graph import Pipeline
 from .handles import Handle, Lowered
 from .host import PeakMemory, default_threads, host_info
@@ -53,8 +54,11 @@ def run_pipeline(
     force: Iterable[str] = (),
     quiet: bool = False,
     debug: bool = False,
+    executor: str | None = None,
 ) -> RunResult:
-    """Run a recipe (a path, a dict, or None for the embedded default) and return its outputs."""
+    """Run a recipe (a path, a dict, or None for the embedded default) and return its outputs.
+
+    ``executor`` (``local``, ``ray``, ``ray://HOST:PORT``) overrides the recipe's; see ``pipeline/executor.py``."""
     log = setup_logging(quiet, debug)
     parsed, raw = load_recipe(recipe)
     pipe = Pipeline(parsed)
@@ -63,6 +67,7 @@ def run_pipeline(
     cache = Cache(Path(cache_dir or os.environ.get("TAILORFIT_CACHE") or out / ".cache"))
     forced = pipe.downstream(set().union(*(pipe.steps_matching(f) for f in force))) if force else set()
     threads = parsed.threads or default_threads()
+    pool = executor_from(executor or parsed.executor)  # a bad spec or an unreachable address fails here, before anything is written
     _set_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -75,7 +80,8 @@ def run_pipeline(
     manifest_path = run_dir / "manifest.json"
     outputs: dict[str, Handle] = {}
     t_run = time.perf_counter()
-    with ProgressDisplay(enabled=not quiet) as display:
+    with ProgressDisplay(enabled=not quiet) as display, contextlib.closing(pool):
+        manifest["executor"] = pool.spec  # what the spec resolved to: $RAY_ADDRESS, or a local instance
         for sid in pipe.order:
             node = pipe.nodes[sid]
             p = node.pass_
@@ -102,7 +108,7 @@ def run_pipeline(
                     work = cache.work_dir(p.name, key)
                     ctx = PassContext(
                         step_id=sid, work_dir=work, run_dir=run_dir, seed=parsed.seed, threads=threads,
-                        log=logging.getLogger(f"tailorfit.{sid}"), progress_factory=display.task,
+                        log=logging.getLogger(f"tailorfit.{sid}"), progress_factory=display.task, executor=pool,
                         extras={"manifest": manifest, "manifest_path": manifest_path},
                     )
                     try:

@@ -1,0 +1,181 @@
+"""The search's units of parallel work, as plain module-level functions any executor can run (in-process or as
+Ray tasks on another machine): they take handles and shipped folders, write only to a scratch folder of their
+own, and return values; the search pass alone writes the evaluation store.
+
+``build_and_score`` runs the real passes on one candidate — extract from the super-network, lower, quantize
+with its policy, evaluate on the validation split on the target runtime — plus the cheap estimate (the
+extracted weights in PyTorch, the policy fake-quantized), and returns its metrics with the runtime files.
+``time_latency`` times those files on the target, round-robin with the unpruned FP32 model; the search asks
+for it only on nodes advertising the target, one at a time per node.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tailorfit.pipeline.contract import PassContext
+from tailorfit.pipeline.data import chunks, encode_rows, read_split
+from tailorfit.pipeline.executor import Shipped
+from tailorfit.pipeline.fake_quant import simulated_policy
+from tailorfit.pipeline.families import family_by_name
+from tailorfit.pipeline.genome import Candidate
+from tailorfit.pipeline.handles import Dataset, HFModel, Lowered, SuperNet
+from tailorfit.pipeline.models import ARCHITECTURE, input_names, load_preprocessor, load_torch_model
+from tailorfit.targets import get_target
+from tailorfit.targets.timing import measure_interleaved
+
+from .benchmark import synthetic_inputs
+from .evaluate import Evaluate, EvaluateConfig
+from .extract import Extract, ExtractConfig
+from .lower import Lower, LowerConfig
+from .quantize import Quantize, QuantizeConfig
+
+_log = logging.getLogger("tailorfit.search.candidate")
+_log.setLevel(logging.WARNING)  # the inner passes' info lines would drown the search's own
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What every task of one search shares besides the shipped folders."""
+
+    target: str
+    sequence_length: int
+    calibration_samples: int
+    latency_runs: int
+    seed: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class BuiltCandidate:
+    """A measured candidate's metrics and its runtime files, which the latency task unpacks wherever it runs."""
+
+    candidate: str
+    metrics: dict[str, Any]
+    seconds: float
+    lowered: Lowered  # paths under ``root``
+    root: Path
+    files: dict[str, bytes]  # path relative to ``root`` -> content
+
+
+@dataclass(frozen=True)
+class Timed:
+    metrics: dict[str, float]
+    seconds: float
+
+
+def local_supernet(supernet: SuperNet, folder: Shipped) -> SuperNet:
+    here = folder.local()
+    # the super-network folder holds the tokenizer too: the source model's own folder need not travel
+    return supernet.model_copy(update={"path": here, "source": supernet.source.model_copy(update={"path": here})})
+
+
+def _stage(root: Path, candidate: str, stage: str, s: TaskSettings) -> PassContext:
+    work = root / stage
+    work.mkdir(parents=True)
+    return PassContext(step_id=f"search:{candidate}", work_dir=work, run_dir=root, seed=s.seed, threads=s.threads, log=_log)
+
+
+def build_and_score(candidate: Candidate, *, supernet: SuperNet, supernet_folder: Shipped, data: Dataset, data_folder: Shipped,
+                    settings: TaskSettings) -> BuiltCandidate:
+    s = settings
+    torch.set_num_threads(s.threads)  # a Ray worker starts with one thread per CPU it was given
+    supernet = local_supernet(supernet, supernet_folder)
+    data = data.model_copy(update={"path": data_folder.local()})
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="tailorfit-candidate-") as scratch:
+        root = Path(scratch)
+        timed = _stopwatch(timings)
+        dense = timed("extract", lambda: Extract(ExtractConfig(subnet=candidate.subnet, seq_len=s.sequence_length, name=candidate.id))
+                      .run(_stage(root, candidate.id, "extract", s), supernet=supernet))
+        lowered: Lowered = timed("lower", lambda: Lower(LowerConfig(target=s.target)).run(_stage(root, candidate.id, "lower", s), model=dense))
+        if candidate.quantized:
+            quantize = Quantize(QuantizeConfig(policy=candidate.policy, calibration_samples=s.calibration_samples, max_length=s.sequence_length))
+            lowered = timed("quantize", lambda: quantize.run(_stage(root, candidate.id, "quantize", s), model=lowered, data=data))
+        architecture = json.loads((dense.path / ARCHITECTURE).read_text())
+        metrics: dict[str, Any] = {
+            "params": architecture["params"], "non_embedding_params": architecture["non_embedding_params"], "macs": architecture["macs"],
+            "size_mb": lowered.size_bytes() / 2**20,
+        }
+        evaluate = Evaluate(EvaluateConfig(split="validation", max_length=s.sequence_length, bootstrap=100))
+        evaluated = timed("evaluate", lambda: evaluate.run(_stage(root, candidate.id, "evaluate", s), model=lowered, data=data))
+        with open(evaluated.reports["predictions"]) as f:
+            metrics["correct"] = "".join(str(r["correct"]) for r in map(json.loads, f))
+        metrics["accuracy"] = evaluated.metrics["accuracy"]
+        metrics["estimate_correct"] = timed("estimate", lambda: _estimate(dense, candidate, data, supernet.source, s.sequence_length))
+        metrics["accuracy_estimate"] = metrics["estimate_correct"].count("1") / len(metrics["estimate_correct"])
+        metrics["seconds_by_stage"] = {k: round(v, 3) for k, v in timings.items()}
+        # what timing needs: the runtime files, and the config the synthetic inputs are shaped from
+        needed = [*lowered.files, lowered.source.path / "config.json"]
+        files = {str(p.relative_to(root)): p.read_bytes() for p in needed}
+    return BuiltCandidate(candidate.id, metrics, sum(timings.values()), lowered, root, files)
+
+
+def time_latency(built: BuiltCandidate, *, reference: Lowered, reference_folder: Shipped, settings: TaskSettings) -> Timed:
+    """Median latency, and its ratio to the unpruned FP32 model timed round-robin with it: the ratio is what the
+    search optimises, because on a shared machine medians of separate measurements drift by tens of percent."""
+    s = settings
+    t0 = time.perf_counter()
+    torch.set_num_threads(s.threads)
+    reference, reference_run = _reference_session(reference, reference_folder, s.threads)
+    with tempfile.TemporaryDirectory(prefix="tailorfit-latency-") as scratch:
+        root = Path(scratch)
+        for name, content in built.files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(content)
+        lowered = built.lowered.relocate(built.root, root)
+        run = get_target(lowered.target).session(lowered.files, s.threads, lowered.inference_precision)
+        rng = np.random.default_rng(s.seed)
+        inputs = synthetic_inputs(lowered, s.sequence_length, rng)
+        ref_inputs = synthetic_inputs(reference, s.sequence_length, rng)
+        timed = measure_interleaved({"candidate": lambda: run(inputs), "reference": lambda: reference_run(ref_inputs)},
+                                    warmup=5, rounds=s.latency_runs)
+    metrics = {"latency_ms": timed.stats["candidate"].median_ms, "reference_latency_ms": timed.stats["reference"].median_ms,
+               "latency_ratio": timed.ratio("candidate", "reference"), "latency_other_cpu_load": timed.stats["candidate"].other_cpu_load}
+    return Timed(metrics, time.perf_counter() - t0)
+
+
+def _reference_session(reference: Lowered, folder: Shipped, threads: int) -> tuple[Lowered, Callable]:
+    """The unpruned FP32 model, loaded once per process and kept: every candidate is timed beside it."""
+    return _loaded(reference.relocate(folder.origin, folder.local()).model_dump_json(), threads)
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded(reference_json: str, threads: int) -> tuple[Lowered, Callable]:
+    reference = Lowered.model_validate_json(reference_json)
+    return reference, get_target(reference.target).session(reference.files, threads, reference.inference_precision)
+
+
+def _estimate(dense: HFModel, candidate: Candidate, data: Dataset, source: HFModel, max_length: int) -> str:
+    """Per-example correctness of the extracted PyTorch weights with the policy fake-quantized."""
+    model = load_torch_model(dense).eval()
+    names = input_names(model, dense)
+    resolved = candidate.policy.resolve(len(candidate.subnet.kept()))
+    preprocessor = load_preprocessor(source)
+    out = []
+    with torch.inference_mode(), simulated_policy(model, family_by_name(source.family), resolved):
+        for part in chunks(read_split(data, "validation"), 32):
+            batch = {k: torch.from_numpy(v) for k, v in encode_rows(preprocessor, part, names, max_length).items()}
+            pred = model(**batch).logits.argmax(-1)
+            out += [str(int(p == r["label"])) for p, r in zip(pred.tolist(), part)]
+    return "".join(out)
+
+
+def _stopwatch(timings: dict[str, float]) -> Callable[[str, Callable[[], Any]], Any]:
+    """``timed(stage, fn)`` runs fn and adds its seconds to ``timings[stage]``."""
+    def timed(stage: str, fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            timings[stage] = time.perf_counter() - t
+    return timed

@@ -1,0 +1,202 @@
+"""Executors: where a pass's parallel work runs.
+
+A pass hands its executor a module-level function and a list of items; it gets the results back in input
+order, whatever ran them. ``local`` (the default) calls the function in-process, item after item. ``ray`` runs
+each item as a Ray task: retried up to 3 times when its worker or node dies (a Python error in a task is a bug,
+so it is not retried but raised on the driver as the original exception), placed only on nodes advertising
+the custom resources the pass asks for (e.g. ``{"openvino-cpu": 1}``: one such task per node at a time).
+
+Large read-only inputs travel with ``share(folder)``: on Ray the folder goes into the object store once and
+is unpacked once per node under ``<tmp>/tailorfit-shipped/<content hash>``; locally it stays where it is.
+Spec: ``local``, ``ray`` (``$RAY_ADDRESS`` if set, else a Ray instance started on this machine),
+``ray://HOST:PORT`` (Ray Client); no spec means ``ray`` when ``$RAY_ADDRESS`` is set, else ``local``.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+import socket
+import tarfile
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import TailorfitError
+from .locations import content_hash
+
+_RAY_CLIENT = re.compile(r"^ray://(?P<host>[^:/\s]+):(?P<port>\d+)$")
+_HOST_PORT = re.compile(r"^(?:ray://)?(?P<host>[^:/\s]+):(?P<port>\d+)$")
+_PROBE_SECONDS = 5.0
+_MAX_RETRIES = 3
+
+
+def parse_executor(spec: str | None) -> tuple[str, str | None]:
+    """``(kind, address)`` of an executor spec, without importing Ray; a bad spec is a one-line error."""
+    if spec is None:
+        address = os.environ.get("RAY_ADDRESS") or None
+        return ("ray", address) if address else ("local", None)
+    if spec == "local":
+        return "local", None
+    if spec == "ray":
+        return "ray", os.environ.get("RAY_ADDRESS") or None
+    if _RAY_CLIENT.match(spec):
+        return "ray", spec
+    raise TailorfitError(f"unknown executor '{spec}'", "use local, ray, or ray://HOST:PORT")
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A folder made available to tasks: ``local()`` is its path where the task runs."""
+
+    origin: Path
+    digest: str = ""
+    archive: np.ndarray | None = None  # the folder as an uncompressed tar; None when tasks run beside the origin
+
+    def local(self) -> Path:
+        if self.archive is None:
+            return self.origin
+        folder = Path(tempfile.gettempdir()) / "tailorfit-shipped" / self.digest
+        if not folder.is_dir():
+            # unpack beside, then rename: a task on the same node unpacking at once never sees half a folder
+            partial = folder.with_name(f"{self.digest}.partial-{uuid.uuid4().hex}")
+            with tarfile.open(fileobj=io.BytesIO(self.archive.tobytes())) as tar:
+                tar.extractall(partial, filter="data")
+            try:
+                os.rename(partial, folder)
+            except OSError:  # another task got there first
+                shutil.rmtree(partial, ignore_errors=True)
+        return folder
+
+
+class Executor:
+    """``map`` runs ``fn(item, **shared_args)`` for every item and returns the results in input order."""
+
+    spec: str
+
+    def map(self, fn: Callable[..., Any], items: Sequence[Any], shared_args: dict[str, Any] | None = None,
+            resources: dict[str, float] | None = None, on_done: Callable[[], None] | None = None) -> list[Any]:
+        raise NotImplementedError
+
+    def share(self, folder: Path) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the executor started (a Ray instance it launched); a connection it reused stays up."""
+
+
+class LocalExecutor(Executor):
+    spec = "local"
+
+    def map(self, fn, items, shared_args=None, resources=None, on_done=None):
+        out = []
+        for item in items:
+            out.append(fn(item, **(shared_args or {})))
+            if on_done:
+                on_done()
+        return out
+
+    def share(self, folder: Path) -> Shipped:
+        return Shipped(Path(folder))
+
+
+class RayExecutor(Executor):
+    """Connects on first use, so a run whose steps are all cached starts nothing; the address is probed at once."""
+
+    def __init__(self, address: str | None):
+        try:
+            import ray
+        except ImportError:
+            raise TailorfitError("executor 'ray' needs the ray extra", "pip install 'tailorfit[ray]'") from None
+        self._ray, self._address = ray, address
+        self._remote: dict[Callable, Any] = {}
+        self._owned = False
+        self.spec = f"ray ({address})" if address else "ray (local instance)"
+        if address and (hp := _HOST_PORT.match(address)):
+            _probe(hp["host"], int(hp["port"]), address)
+
+    def _connect(self) -> None:
+        ray, address = self._ray, self._address
+        if ray.is_initialized():  # connected already: by an earlier call, or by a caller (a notebook, a test) whose connection stays up
+            return
+        # a local instance runs on this machine, which has every (CPU) target; a cluster advertises its own
+        options: dict[str, Any] = {"address": address} if address else {"address": "local", "resources": _local_target_resources(), "include_dashboard": False}
+        try:
+            # workers' stdout would land on the driver's stdout, which carries the run folder for scripts
+            ray.init(**options, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise TailorfitError(f"cannot connect to Ray at {address or 'a new local instance'}: {str(err).splitlines()[0][:200]}",
+                                 "start it with `ray start --head` or fix --executor") from None
+        self._owned = True
+
+    def map(self, fn, items, shared_args=None, resources=None, on_done=None):
+        if not items:
+            return []
+        self._connect()
+        ray = self._ray
+        if resources:
+            self._require(resources)
+        remote = self._remote.get(fn)
+        if remote is None:
+            remote = self._remote[fn] = ray.remote(max_retries=_MAX_RETRIES)(fn)
+        refs = [remote.options(resources=resources or {}).remote(item, **(shared_args or {})) for item in items]
+        pending = list(refs)
+        while pending:
+            _, pending = ray.wait(pending, num_returns=1)
+            if on_done:
+                on_done()
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as err:
+            if err.cause is None:
+                raise
+            raise err.cause from err  # the task's own error, as if it had run here
+
+    def share(self, folder: Path) -> Any:
+        folder = Path(folder)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for path in sorted(folder.iterdir()):
+                tar.add(path, arcname=path.name)
+        # a numpy array is read from the object store without a copy; bytes would be copied into every task
+        archive = np.frombuffer(buffer.getbuffer(), dtype=np.uint8)
+        self._connect()
+        return self._ray.put(Shipped(folder, content_hash(folder), archive))
+
+    def _require(self, resources: dict[str, float]) -> None:
+        """Refuse at once what no node can run: Ray would otherwise keep such a task pending for ever."""
+        available = self._ray.cluster_resources()
+        missing = {name: amount for name, amount in resources.items() if available.get(name, 0) < amount}
+        if missing:
+            name = next(iter(missing))
+            raise TailorfitError(f"no Ray node advertises the resource '{name}' (the cluster has: {', '.join(sorted(available))})",
+                                 f"start a node on that hardware with `ray start --resources='{{\"{name}\": 1}}'`")
+
+    def close(self) -> None:
+        if self._owned and self._ray.is_initialized():
+            self._ray.shutdown()
+
+
+def _local_target_resources() -> dict[str, float]:
+    from tailorfit.targets import TARGETS
+
+    return {name: 1 for name in TARGETS}
+
+
+def _probe(host: str, port: int, address: str) -> None:
+    """Fail in seconds on a wrong address; ``ray.init`` would retry for minutes."""
+    try:
+        socket.create_connection((host, port), timeout=_PROBE_SECONDS).close()
+    except OSError:
+        raise TailorfitError(f"cannot reach Ray at {address}", "start it with `ray start --head` or fix --executor") from None
+
+
+def executor_from(spec: str | None) -> Executor:
+    kind, address = parse_executor(spec)
+    return LocalExecutor() if kind == "local" else RayExecutor(address)
