@@ -4,7 +4,7 @@ Consumes: every final ``Lowered`` branch of the run, and every ``SearchResult`` 
 plots are copied to ``<run>/search/<step>/``). Produces: ``Artifact`` — ``<run>/candidates/<id>/``
 with one folder per target (OpenVINO IR, ONNX), the tokenizer and config, ``metrics.json`` (everything
 measured, plus paired comparisons against the unpruned FP32 and fully-INT8 models on the same target: accuracy on
-the same examples, latency timed round-robin here) and a ``README.md``
+the same examples, latency timed interleaved here) and a ``README.md``
 model card. The run's ``manifest.json`` sits beside it. Built in a temp folder and swapped in whole.
 """
 from __future__ import annotations
@@ -142,7 +142,7 @@ def _versus_baselines(m: Lowered, groups: dict[str, dict[str, Lowered]], timer: 
 
 
 class _PairedTimer:
-    """Latency ratios measured at packaging, each candidate round-robin with its baselines in one process: ratios of
+    """Latency ratios measured at packaging, each candidate interleaved with its baselines in one process: ratios of
     medians from separate benchmark steps drifted by up to 2x on the shared CI machine (README), these do not."""
 
     def __init__(self, rounds: int, threads: int, seed: int):

@@ -9,7 +9,7 @@ policy, evaluate on the validation split on the target runtime — plus its late
 the cheap estimate: the extracted weights in PyTorch with the policy simulated by fake quantization. The
 recipe picks which accuracy drives the search; both are recorded so their rank agreement is reported.
 The unpruned model in FP32 and fully INT8 is measured first, in the same run, as the baselines. Latency is
-timed round-robin with the unpruned FP32 model kept loaded, and the search optimises that paired ratio.
+timed interleaved with the unpruned FP32 model kept loaded, and the search optimises that paired ratio.
 Each batch of new candidates is handed to the context's executor (``search_tasks``: in-process, or Ray tasks,
 latency only on nodes advertising the target); this pass alone writes the store, in candidate order, so the
 store is the same whichever executor measured it.

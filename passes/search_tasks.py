@@ -5,7 +5,7 @@ own, and return values; the search pass alone writes the evaluation store.
 ``build_and_score`` runs the real passes on one candidate — extract from the super-network, lower, quantize
 with its policy, evaluate on the validation split on the target runtime — plus the cheap estimate (the
 extracted weights in PyTorch, the policy fake-quantized), and returns its metrics with the runtime files.
-``time_latency`` times those files on the target, round-robin with the unpruned FP32 model; the search asks
+``time_latency`` times those files on the target, interleaved with the unpruned FP32 model; the search asks
 for it only on nodes advertising the target, one at a time per node.
 """
 from __future__ import annotations
@@ -121,7 +121,7 @@ def build_and_score(candidate: Candidate, *, supernet: SuperNet, supernet_folder
 
 
 def time_latency(built: BuiltCandidate, *, reference: Lowered, reference_folder: Shipped, settings: TaskSettings) -> Timed:
-    """Median latency, and its ratio to the unpruned FP32 model timed round-robin with it: the ratio is what the
+    """Median latency, and its ratio to the unpruned FP32 model timed interleaved with it: the ratio is what the
     search optimises, because on a shared machine medians of separate measurements drift by tens of percent."""
     s = settings
     t0 = time.perf_counter()
