@@ -37,7 +37,9 @@ def comparison_recipe(run: Any, seeds: list[int], stores: Path) -> dict[str, Any
 
 def run(ctx: BenchContext) -> Section:
     seeds = list(range(ctx.settings.search_seeds))
-    stores = ctx.root / "search-efficiency"
+    # one folder per recipe: a store answers only searches of the super-network it measured (the quick and the
+    # full recipe used to share one, and the full comparison was answered with the quick model's numbers)
+    stores = ctx.root / f"{ctx.run.name}-search-efficiency" / "stores"
     stores.mkdir(parents=True, exist_ok=True)
     result = run_pipeline(comparison_recipe(ctx.run, seeds, stores), out=ctx.root, cache_dir=ctx.run.cache.root, quiet=False)
     curves = {a: [_curve(result.outputs[f"search-{a}-seed{s}"].path) for s in seeds] for a in ALGORITHMS}

@@ -90,7 +90,10 @@ class Search(Pass):
         _refuse_causal_lm(supernet.source.task)
         genome = Genome(supernet.space, tuple(c.precisions))
         store_path = c.store or ctx.work_dir / "evaluations.sqlite"
-        store = EvaluationStore(store_path, genome.fingerprint())
+        # what a stored measurement depends on: a store from another super-network must not answer this search
+        measured = {"supernet": supernet.key, "data": data.key, "target": c.target, "sequence_length": c.sequence_length,
+                    "calibration_samples": c.calibration_samples, "threads": ctx.threads}
+        store = EvaluationStore(store_path, genome.fingerprint(), measured)
         evaluator = CandidateEvaluator(ctx, supernet, data, c)
         try:
             baselines = self._baselines(genome, store, evaluator, ctx)

@@ -2,7 +2,9 @@
 
 One row per candidate (canonical genome, decoded sub-network and policy, every metric, timings), committed
 one at a time, so a run killed at any moment loses at most the candidate in flight. The store records the
-genome layout it was written for; opening it with another layout is refused rather than mixing spaces.
+genome layout it was written for and what its measurements are of (the super-network, the data, the target and
+the settings that change a measurement); opening it with another layout or for other measurements is refused
+rather than mixing spaces or answering a search with another model's numbers.
 """
 from __future__ import annotations
 
@@ -27,24 +29,37 @@ CREATE TABLE IF NOT EXISTS candidates (
 class EvaluationStore:
     """``role`` tells search candidates from the baselines measured beside them."""
 
-    def __init__(self, path: Path, layout: str | None):
-        """``layout`` None opens an existing store read-only, whatever search space wrote it (for reports)."""
+    def __init__(self, path: Path, layout: str | None, measured: dict[str, Any] | None = None):
+        """``layout`` None opens an existing store read-only, whatever wrote it (for reports). ``measured``: what
+        the measurements are of; a store holding candidates without that record cannot be trusted with it."""
         self.path = Path(path)
         if layout is None:
             self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
             return
         self._db = sqlite3.connect(self.path)
         self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone()
-        if row is None:
-            with self._db:
-                self._db.execute("INSERT INTO meta VALUES ('layout', ?)", (layout,))
-        elif row[0] != layout:
-            self._db.close()
-            raise TailorfitError(
-                f"the evaluation store {self.path} was written for another search space (layout {row[0]}, this search {layout})",
-                "point 'store' at a store from the same super-network and precisions, or remove it to start afresh",
-            )
+        meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        if meta.get("layout", layout) != layout:
+            self._refuse(f"was written for another search space (layout {meta['layout']}, this search {layout})",
+                         "point 'store' at a store from the same super-network and precisions, or remove it to start afresh")
+        if measured is not None:
+            if "measured" in meta:
+                stored = json.loads(meta["measured"])
+                differ = [f"{k} {stored.get(k)} vs {v}" for k, v in measured.items() if stored.get(k) != v]
+                if differ:
+                    self._refuse(f"holds measurements of something else ({'; '.join(differ)})",
+                                 "point 'store' at a store this super-network, dataset and target wrote, or remove it to start afresh")
+            elif len(self):
+                self._refuse("holds candidates but no record of which super-network and settings they were measured with (an older store)",
+                             "remove it to start afresh")
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('layout', ?)", (layout,))
+            if measured is not None:
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('measured', ?)", (json.dumps(measured, sort_keys=True),))
+
+    def _refuse(self, why: str, fix: str) -> None:
+        self._db.close()
+        raise TailorfitError(f"the evaluation store {self.path} {why}", fix)
 
     def get(self, candidate_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT * FROM candidates WHERE id = ?", (candidate_id,)).fetchone()

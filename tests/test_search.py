@@ -111,6 +111,24 @@ def test_the_store_refuses_another_layout_and_keeps_records_in_order(tmp_path):
         EvaluationStore(tmp_path / "e.sqlite", Genome(SPACE, ("fp32",)).fingerprint())
 
 
+def test_the_store_refuses_measurements_of_another_supernet_or_settings(tmp_path):
+    """A store is a search's memory: answering a search with another super-network's accuracies would be silent nonsense."""
+    genome = Genome(SPACE)
+    g = genome.canonical(np.random.default_rng(0).integers(*genome.bounds()))
+    measured = {"supernet": "a1", "data": "d1", "target": "openvino-cpu", "threads": 2}
+    store = EvaluationStore(tmp_path / "e.sqlite", genome.fingerprint(), measured)
+    store.add(genome.decode(g), g.tolist(), {"accuracy": 0.5}, 1.0)
+    store.close()
+    EvaluationStore(tmp_path / "e.sqlite", genome.fingerprint(), measured).close()  # the same search resumes
+    with pytest.raises(TailorfitError, match=r"holds measurements of something else \(supernet a1 vs b2; threads 2 vs 1\)"):
+        EvaluationStore(tmp_path / "e.sqlite", genome.fingerprint(), {**measured, "supernet": "b2", "threads": 1})
+    older = EvaluationStore(tmp_path / "old.sqlite", genome.fingerprint())  # written before stores recorded this
+    older.add(genome.decode(g), g.tolist(), {"accuracy": 0.5}, 1.0)
+    older.close()
+    with pytest.raises(TailorfitError, match="no record of which super-network"):
+        EvaluationStore(tmp_path / "old.sqlite", genome.fingerprint(), measured)
+
+
 def test_select_rules_pick_from_the_front_and_skip_when_nothing_qualifies():
     from tailorfit.passes.select import Select, SelectConfig
 
