@@ -29,6 +29,10 @@ class Benchmark(Pass):
     name = "benchmark"
     Config = BenchmarkConfig
     packages = ("openvino", "onnxruntime")
+    portable = True
+
+    def resources(self, model: Lowered) -> dict[str, float]:
+        return {model.target: 1}  # on Ray: only where the target is, one measurement per node at a time
 
     def run(self, ctx: PassContext, model: Lowered) -> Lowered:
         c = self.config

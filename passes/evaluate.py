@@ -33,6 +33,7 @@ class Evaluate(Pass):
     name = "evaluate"
     Config = EvaluateConfig
     packages = ("openvino", "onnxruntime", "transformers")
+    portable = True
 
     def run(self, ctx: PassContext, model: Lowered, data: Dataset) -> Lowered:
         run = get_target(model.target).session(model.files, ctx.threads, model.inference_precision)

@@ -35,6 +35,7 @@ class Extract(Pass):
     version = 2  # 2: the smallest sub-network keeps evenly spaced layers, the last included
     Config = ExtractConfig
     packages = ("torch", "transformers", "safetensors")
+    portable = True
 
     def _config(self, supernet: SuperNet) -> SubnetConfig:
         chosen = self.config.subnet

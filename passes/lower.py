@@ -38,6 +38,7 @@ class Lower(Pass):
     name = "lower"
     Config = LowerConfig
     packages = ("torch", "transformers", "openvino", "onnx", "onnxscript", "onnxruntime")
+    portable = True
 
     def preflight(self, facts: dict[str, Any]) -> None:
         target = get_target(self.config.target)

@@ -45,6 +45,7 @@ class Quantize(Pass):
     name = "quantize"
     Config = QuantizeConfig
     packages = ("openvino", "nncf", "onnxruntime", "onnx", "neural-compressor-pt", "torchao")
+    portable = True
 
     def preflight(self, facts: dict[str, Any]) -> None:
         if "num_layers" in facts and self.config.policy != "selected":

@@ -41,6 +41,7 @@ class Select(Pass):
     name = "select"
     Config = SelectConfig
     packages = ("torch", "transformers", "safetensors")
+    portable = True
 
     def run(self, ctx: PassContext, search: SearchResult) -> HFModel:
         row = self._pick(search.front)

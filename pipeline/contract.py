@@ -86,6 +86,9 @@ class Pass:
     packages: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[int] = 1
     cached: ClassVar[bool] = True
+    # reads only the folders its input handles point into and writes only its work_dir, so on a distributed
+    # executor it may run as a task on another node beside other such steps (pipeline/step_tasks.py)
+    portable: ClassVar[bool] = False
 
     def __init__(self, config: PassConfig):
         self.config = config
@@ -104,6 +107,10 @@ class Pass:
 
     def preflight(self, facts: dict[str, Any]) -> None:
         """Checks that can run before anything executes, given facts from upstream ``describe`` calls."""
+
+    def resources(self, **inputs: Any) -> dict[str, float]:
+        """Custom resources a node must advertise to run this step as a task (a latency measurement: its target's)."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """Cheap facts about this step's output, known before running (e.g. a model's layer count)."""

@@ -6,8 +6,10 @@ each item as a Ray task: retried up to 3 times when its worker or node dies (a P
 so it is not retried but raised on the driver as the original exception), placed only on nodes advertising
 the custom resources the pass asks for (e.g. ``{"openvino-cpu": 1}``: one such task per node at a time).
 
-Large read-only inputs travel with ``share(folder)``: on Ray the folder goes into the object store once and
-is unpacked once per node under ``<tmp>/tailorfit-shipped/<content hash>``; locally it stays where it is.
+Large read-only inputs travel with ``share(folder)``: on Ray the folder goes into the object store once per
+content (sharing it again reuses the stored copy) and is fetched and unpacked only by a node that lacks it, under
+``<tmp>/tailorfit-shipped/<content hash>``; locally it stays where it is. A ``Shipped`` may travel inside any
+task argument, not only as a top-level one.
 Spec: ``local``, ``ray`` (``$RAY_ADDRESS`` if set, else a Ray instance started on this machine),
 ``ray://HOST:PORT`` (Ray Client); no spec means ``ray`` when ``$RAY_ADDRESS`` is set, else ``local``.
 """
@@ -57,7 +59,7 @@ class Shipped:
 
     origin: Path
     digest: str = ""
-    archive: np.ndarray | None = None  # the folder as an uncompressed tar; None when tasks run beside the origin
+    archive: Any = None  # Ray object ref of the folder packed by ``pack_folder``; None when tasks run beside the origin
 
     def local(self) -> Path:
         if self.archive is None:
@@ -66,8 +68,9 @@ class Shipped:
         if not folder.is_dir():
             # unpack beside, then rename: a task on the same node unpacking at once never sees half a folder
             partial = folder.with_name(f"{self.digest}.partial-{uuid.uuid4().hex}")
-            with tarfile.open(fileobj=io.BytesIO(self.archive.tobytes())) as tar:
-                tar.extractall(partial, filter="data")
+            import ray
+
+            unpack_folder(ray.get(self.archive), partial)
             try:
                 os.rename(partial, folder)
             except OSError:  # another task got there first
@@ -75,10 +78,27 @@ class Shipped:
         return folder
 
 
+def pack_folder(folder: Path) -> np.ndarray:
+    """A folder's files as an uncompressed tar; a numpy array is read from Ray's object store without a copy,
+    bytes would be copied into every task."""
+    buffer = io.BytesIO()
+    # dereferenced: a Hugging Face hub snapshot is symlinks into a blob store that does not travel
+    with tarfile.open(fileobj=buffer, mode="w", dereference=True) as tar:
+        for path in sorted(Path(folder).iterdir()):
+            tar.add(path, arcname=path.name)
+    return np.frombuffer(buffer.getbuffer(), dtype=np.uint8)
+
+
+def unpack_folder(archive: np.ndarray, folder: Path) -> None:
+    with tarfile.open(fileobj=io.BytesIO(archive.tobytes())) as tar:
+        tar.extractall(folder, filter="data")
+
+
 class Executor:
     """``map`` runs ``fn(item, **shared_args)`` for every item and returns the results in input order."""
 
     spec: str
+    distributed = False  # whether independent recipe steps are worth handing over together (pipeline/step_tasks.py)
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], shared_args: dict[str, Any] | None = None,
             resources: dict[str, float] | None = None, on_done: Callable[[], None] | None = None) -> list[Any]:
@@ -109,6 +129,8 @@ class LocalExecutor(Executor):
 class RayExecutor(Executor):
     """Connects on first use, so a run whose steps are all cached starts nothing; the address is probed at once."""
 
+    distributed = True
+
     def __init__(self, address: str | None):
         try:
             import ray
@@ -116,6 +138,7 @@ class RayExecutor(Executor):
             raise TailorfitError("executor 'ray' needs the ray extra", "pip install 'tailorfit[ray]'") from None
         self._ray, self._address = ray, address
         self._remote: dict[Callable, Any] = {}
+        self._stored: dict[str, Any] = {}  # content hash -> object ref of a shared folder
         self._owned = False
         self.spec = f"ray ({address})" if address else "ray (local instance)"
         if address and (hp := _HOST_PORT.match(address)):
@@ -158,16 +181,13 @@ class RayExecutor(Executor):
                 raise
             raise err.cause from err  # the task's own error, as if it had run here
 
-    def share(self, folder: Path) -> Any:
+    def share(self, folder: Path) -> Shipped:
         folder = Path(folder)
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for path in sorted(folder.iterdir()):
-                tar.add(path, arcname=path.name)
-        # a numpy array is read from the object store without a copy; bytes would be copied into every task
-        archive = np.frombuffer(buffer.getbuffer(), dtype=np.uint8)
-        self._connect()
-        return self._ray.put(Shipped(folder, content_hash(folder), archive))
+        digest = content_hash(folder)
+        if digest not in self._stored:
+            self._connect()
+            self._stored[digest] = self._ray.put(pack_folder(folder))
+        return Shipped(folder, digest, self._stored[digest])
 
     def _require(self, resources: dict[str, float]) -> None:
         """Refuse at once what no node can run: Ray would otherwise keep such a task pending for ever."""

@@ -15,13 +15,14 @@ from typing import Any, Iterable
 
 from .cache import Cache, package_versions, step_key, write_json_atomic
 from .console import ProgressDisplay, setup_logging
-from .contract import PassContext
+from .contract import Pass, PassContext
 from .errors import StepSkipped, TailorfitError
-from .executor import executor_from
+from .executor import Executor, Shipped, executor_from, unpack_folder
 from .graph import Pipeline
 from .handles import Handle, Lowered
 from .host import PeakMemory, default_threads, host_info
 from .recipe import load_recipe
+from .step_tasks import StepTask, input_folders, run_step
 
 COST = "cost.json"  # in a cache entry: seconds and peak memory of the run that produced it
 CORE_PACKAGES = ("tailorfit", "torch", "transformers", "openvino", "nncf", "onnx", "onnxruntime", "onnxscript", "optimum-intel", "networkx", "pydantic")
@@ -82,67 +83,179 @@ def run_pipeline(
     t_run = time.perf_counter()
     with ProgressDisplay(enabled=not quiet) as display, contextlib.closing(pool):
         manifest["executor"] = pool.spec  # what the spec resolved to: $RAY_ADDRESS, or a local instance
-        for sid in pipe.order:
-            node = pipe.nodes[sid]
-            p = node.pass_
-            inputs = _available_inputs(node.wiring, node.many, outputs)
-            if isinstance(inputs, str):
-                manifest["steps"][sid] = {"pass": p.name, "inputs": node.wiring, "skipped": inputs}
-                log.info("%s: skipped (%s)", sid, inputs)
-                continue
-            fingerprint = p.fingerprint()  # hashes whole model folders: once per step
-            key = step_key(p, inputs, fingerprint)
-            record: dict[str, Any] = {"pass": p.name, "config": p.config.model_dump(mode="json"), "inputs": node.wiring, "key": key}
-            if fingerprint:
-                manifest["inputs"][sid] = fingerprint
-            with contextlib.ExitStack() as held:
-                handle = cache.lookup(p.name, key) if p.cached and sid not in forced else None
-                if handle is None and p.cached:
-                    held.enter_context(cache.claim(p.name, key))
-                    if sid not in forced:  # another run sharing the cache may have made it while this one waited
-                        handle = cache.lookup(p.name, key)
-                record["cache_hit"] = handle is not None
-                t0 = time.perf_counter()
-                if handle is None:
-                    log.info("%s: running %s", sid, p.name)
-                    work = cache.work_dir(p.name, key)
-                    ctx = PassContext(
-                        step_id=sid, work_dir=work, run_dir=run_dir, seed=parsed.seed, threads=threads,
-                        log=logging.getLogger(f"tailorfit.{sid}"), progress_factory=display.task, executor=pool,
-                        extras={"manifest": manifest, "manifest_path": manifest_path},
-                    )
-                    try:
-                        # libraries print progress to stdout; keep stdout for results (the CLI prints the run directory there)
-                        with contextlib.redirect_stdout(sys.stderr), PeakMemory() as memory:
-                            handle = p.run(ctx, **inputs)
-                    except StepSkipped as skip:
-                        shutil.rmtree(work, ignore_errors=True)
-                        manifest["steps"][sid] = {**record, "skipped": str(skip)}
-                        write_json_atomic(manifest_path, manifest)
-                        log.warning("%s: skipped: %s", sid, skip)
-                        continue
-                    except BaseException as exc:
-                        if isinstance(exc, TailorfitError):  # bad input: nothing worth resuming from
-                            shutil.rmtree(work, ignore_errors=True)
-                        manifest["status"] = "failed"
-                        manifest["error"] = {"step": sid, "message": str(exc) or type(exc).__name__}
-                        manifest["steps"][sid] = record
-                        write_json_atomic(manifest_path, manifest)
-                        raise
-                    # what producing the entry cost, kept with it: a later run that finds it cached still reports it
-                    write_json_atomic(work / COST, {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(memory.peak_mb, 1), "threads": threads})
-                    handle = cache.commit(p.name, key, handle, work)
-                else:
-                    log.info("%s: cached (%s)", sid, key)
-                record["seconds"] = round(time.perf_counter() - t0, 3)
-                if (cost := cache.entry(p.name, key) / COST).is_file():
-                    record["produced"] = json.loads(cost.read_text())
-                outputs[sid] = handle
-                manifest["steps"][sid] = record
-                write_json_atomic(manifest_path, manifest)
+        run = _Run(pipe, cache, forced, manifest, manifest_path, outputs, run_dir, parsed.seed, threads, display, pool, log)
+        pending = list(pipe.order)
+        while pending:
+            if pool.distributed and pipe.nodes[pending[0]].pass_.portable:
+                run.run_wave(run.next_wave(pending))
+            elif (step := run.prepare(pending.pop(0))) is not None:
+                run.run_here(step)
     manifest.update(status="finished", finished=_now(), seconds=round(time.perf_counter() - t_run, 3), metrics=collect_metrics(outputs.values()))
     write_json_atomic(manifest_path, manifest)
     return RunResult(run_dir, manifest, outputs)
+
+
+@dataclass
+class _Step:
+    """A step about to run: its inputs (available), cache key and manifest record."""
+
+    sid: str
+    pass_: Pass
+    inputs: dict[str, Any]
+    key: str
+    record: dict[str, Any]
+
+
+@dataclass
+class _Run:
+    """The state steps share while a run executes: what is done, the cache and the manifest."""
+
+    pipe: Pipeline
+    cache: Cache
+    forced: set[str]
+    manifest: dict[str, Any]
+    manifest_path: Path
+    outputs: dict[str, Handle]
+    run_dir: Path
+    seed: int
+    threads: int
+    display: ProgressDisplay
+    pool: Executor
+    log: logging.Logger
+
+    def prepare(self, sid: str) -> _Step | None:
+        """The step with its key, or None when it is skipped (recorded)."""
+        node = self.pipe.nodes[sid]
+        p = node.pass_
+        inputs = _available_inputs(node.wiring, node.many, self.outputs)
+        if isinstance(inputs, str):
+            self.manifest["steps"][sid] = {"pass": p.name, "inputs": node.wiring, "skipped": inputs}
+            self.log.info("%s: skipped (%s)", sid, inputs)
+            return None
+        fingerprint = p.fingerprint()  # hashes whole model folders: once per step
+        key = step_key(p, inputs, fingerprint)
+        if fingerprint:
+            self.manifest["inputs"][sid] = fingerprint
+        return _Step(sid, p, inputs, key, {"pass": p.name, "config": p.config.model_dump(mode="json"), "inputs": node.wiring, "key": key})
+
+    def _cached(self, step: _Step) -> Handle | None:
+        return self.cache.lookup(step.pass_.name, step.key) if step.pass_.cached and step.sid not in self.forced else None
+
+    def _cached_or_claimed(self, step: _Step, held: contextlib.ExitStack) -> Handle | None:
+        """The step's cached handle, or None with the entry's lock held (in ``held``) while this run produces it."""
+        handle = self._cached(step)
+        if handle is None and step.pass_.cached:
+            held.enter_context(self.cache.claim(step.pass_.name, step.key))
+            handle = self._cached(step)  # another run sharing the cache may have made it while this one waited
+        step.record["cache_hit"] = handle is not None
+        if handle is not None:
+            self.log.info("%s: cached (%s)", step.sid, step.key)
+            self._finish(step, handle, time.perf_counter())
+        return handle
+
+    def run_here(self, step: _Step) -> None:
+        p, sid = step.pass_, step.sid
+        with contextlib.ExitStack() as held:
+            if self._cached_or_claimed(step, held) is not None:
+                return
+            t0 = time.perf_counter()
+            self.log.info("%s: running %s", sid, p.name)
+            work = self.cache.work_dir(p.name, step.key)
+            ctx = PassContext(
+                step_id=sid, work_dir=work, run_dir=self.run_dir, seed=self.seed, threads=self.threads,
+                log=logging.getLogger(f"tailorfit.{sid}"), progress_factory=self.display.task, executor=self.pool,
+                extras={"manifest": self.manifest, "manifest_path": self.manifest_path},
+            )
+            try:
+                # libraries print progress to stdout; keep stdout for results (the CLI prints the run directory there)
+                with contextlib.redirect_stdout(sys.stderr), PeakMemory() as memory:
+                    handle = p.run(ctx, **step.inputs)
+            except StepSkipped as skip:
+                self._skipped(step, work, str(skip))
+                return
+            except BaseException as exc:
+                self._failed(step, work, exc)
+                raise
+            self._commit(step, handle, work, time.perf_counter() - t0, memory.peak_mb, t0)
+
+    def next_wave(self, pending: list[str]) -> list[_Step]:
+        """Take from ``pending`` the portable steps whose inputs are all made and that ask for the same resources,
+        so they run as tasks at once. Latency measurements go last and together: never beside other work."""
+        graph, waves = self.pipe.graph, {}
+        ready = [sid for sid in pending if self.pipe.nodes[sid].pass_.portable and not any(u in pending for u in graph.predecessors(sid))]
+        for sid in ready:
+            if (step := self.prepare(sid)) is None:
+                pending.remove(sid)
+            else:
+                waves.setdefault(tuple(sorted(step.pass_.resources(**step.inputs).items())), []).append(step)
+        wave = waves.get(()) or next(iter(waves.values()), [])
+        for step in wave:
+            pending.remove(step.sid)
+        return wave
+
+    def run_wave(self, steps: list[_Step]) -> None:
+        """Run these steps as executor tasks at once; the driver commits each one's files into the cache."""
+        if not steps:
+            return
+        with contextlib.ExitStack() as held:
+            todo = [step for step in steps if self._cached_or_claimed(step, held) is None]
+            if not todo:
+                return
+            self.log.info("%s: running as %d tasks on %s", ", ".join(s.sid for s in todo), len(todo), self.pool.spec)
+            shipped: dict[Path, Shipped] = {}
+            tasks = []
+            for step in todo:
+                folders = input_folders(step.inputs, self.cache.root)
+                for folder in folders:
+                    if folder not in shipped:
+                        shipped[folder] = self.pool.share(folder)
+                tasks.append(StepTask(step.sid, step.pass_, step.inputs, [shipped[f] for f in folders], self.seed, self.threads))
+            t0 = time.perf_counter()
+            with self.display.task(f"{len(todo)} steps on {self.pool.spec}", len(todo)) as bar:
+                outcomes = self.pool.map(run_step, tasks, resources=todo[0].pass_.resources(**todo[0].inputs), on_done=lambda: bar.advance(1))
+            failure = None
+            for step, outcome in zip(todo, outcomes):
+                step.record["ran_as_task"] = {"node": outcome.node, "started": round(outcome.started, 3)}
+                work = self.cache.work_dir(step.pass_.name, step.key)
+                if outcome.skipped is not None:
+                    self._skipped(step, work, outcome.skipped)
+                elif outcome.error is not None:
+                    self._failed(step, work, outcome.error)
+                    failure = failure or outcome.error
+                else:
+                    shutil.rmtree(work)  # what a killed earlier attempt left: the task's folder is the whole output
+                    work.mkdir()
+                    unpack_folder(outcome.archive, work)
+                    self._commit(step, outcome.handle.relocate(outcome.work, work), work, outcome.seconds, outcome.peak_rss_mb, t0)
+            if failure is not None:
+                raise failure
+
+    def _commit(self, step: _Step, handle: Handle, work: Path, seconds: float, peak_mb: float, t0: float) -> None:
+        # what producing the entry cost, kept with it: a later run that finds it cached still reports it
+        write_json_atomic(work / COST, {"seconds": round(seconds, 3), "peak_rss_mb": round(peak_mb, 1), "threads": self.threads})
+        self._finish(step, self.cache.commit(step.pass_.name, step.key, handle, work), t0)
+
+    def _finish(self, step: _Step, handle: Handle, t0: float) -> None:
+        step.record["seconds"] = round(time.perf_counter() - t0, 3)
+        if (cost := self.cache.entry(step.pass_.name, step.key) / COST).is_file():
+            step.record["produced"] = json.loads(cost.read_text())
+        self.outputs[step.sid] = handle
+        self.manifest["steps"][step.sid] = step.record
+        write_json_atomic(self.manifest_path, self.manifest)
+
+    def _skipped(self, step: _Step, work: Path, reason: str) -> None:
+        shutil.rmtree(work, ignore_errors=True)
+        self.manifest["steps"][step.sid] = {**step.record, "skipped": reason}
+        write_json_atomic(self.manifest_path, self.manifest)
+        self.log.warning("%s: skipped: %s", step.sid, reason)
+
+    def _failed(self, step: _Step, work: Path, exc: BaseException) -> None:
+        if isinstance(exc, TailorfitError):  # bad input: nothing worth resuming from
+            shutil.rmtree(work, ignore_errors=True)
+        self.manifest["status"] = "failed"
+        self.manifest["error"] = {"step": step.sid, "message": str(exc) or type(exc).__name__}
+        self.manifest["steps"][step.sid] = step.record
+        write_json_atomic(self.manifest_path, self.manifest)
 
 
 def _available_inputs(wiring: dict[str, list[str]], many: set[str], outputs: dict[str, Handle]) -> dict[str, Any] | str:

@@ -1,5 +1,6 @@
 """Executors: a search on Ray records the same store as in-process, survives a killed worker, and times candidates
-only on nodes advertising the target, one at a time; bad specs and a missing or unreachable Ray fail in one line."""
+only on nodes advertising the target, one at a time; select's branches run as Ray tasks with the in-process results;
+bad specs and a missing or unreachable Ray fail in one line."""
 from __future__ import annotations
 
 import json
@@ -41,7 +42,18 @@ def _recipe(model, data) -> dict:
         {"id": "ft", "pass": "finetune", "config": {"max_steps": 30, "batch_size": 16, "max_length": 24, "learning_rate": 3e-3}},
         {"id": "supernet", "pass": "supernet", "config": {"ffn_step": 16}},
         {"id": "search", "pass": "search", "config": search},
+        *_branch("accurate", {"rule": "most_accurate"}), *_branch("small", {"rule": "smallest", "max_accuracy_drop": None}),
     ]}
+
+
+def _branch(name: str, rule: dict) -> list[dict]:
+    """A pick from the front, lowered, evaluated and timed: on Ray these steps run as tasks (pipeline/step_tasks.py)."""
+    return [
+        {"id": name, "pass": "select", "inputs": {"search": "search"}, "config": rule},
+        {"id": f"{name}-ov", "pass": "lower", "config": {"target": "openvino-cpu"}},
+        {"id": f"{name}-eval", "pass": "evaluate", "config": {"max_length": 24, "bootstrap": 100}},
+        {"id": f"{name}-bench", "pass": "benchmark", "config": {"sequence_lengths": [24], "runs": 50, "warmup": 2, "attempts": 1}},
+    ]
 
 
 def _rows(result) -> list[tuple]:
@@ -87,6 +99,15 @@ def test_a_search_on_ray_with_a_worker_killed_midway_records_the_same_store_as_i
     rows = _rows(on_ray)
     assert len({r[0] for r in rows}) == len(rows) == 8  # 2 baselines + the budget: nothing lost, nothing twice
     assert rows == _rows(local)
+    # select's branches ran as Ray tasks, gave the in-process results, and the two measurements did not overlap
+    steps = on_ray.manifest["steps"]
+    branches = [f"{name}{part}" for name in ("accurate", "small") for part in ("", "-ov", "-eval", "-bench")]
+    assert all("ran_as_task" in steps[sid] and "ran_as_task" not in local.manifest["steps"][sid] for sid in branches)
+    for sid in ("accurate-eval", "small-eval"):
+        assert on_ray.outputs[sid].metrics["accuracy"] == local.outputs[sid].metrics["accuracy"]
+        assert on_ray.outputs[sid].source.selection.candidate == local.outputs[sid].source.selection.candidate
+    spans = sorted((steps[sid]["ran_as_task"]["started"], steps[sid]["ran_as_task"]["started"] + steps[sid]["produced"]["seconds"]) for sid in ("accurate-bench", "small-bench"))
+    assert spans[0][1] <= spans[1][0] + 0.01
 
 
 def test_latency_tasks_run_only_where_the_target_is_advertised_and_one_at_a_time(ray_instance):
