@@ -1,6 +1,7 @@
 """``python -m bench [--recipe R] [--quick] [--sections artifacts,ceiling] [--out artifacts/bench]`` (from the repo root):
 measure the recipe's artifacts and their peers, write ``<out>/<YYYY-MM-DD>[-quick]/report.md`` (+ report.json, plots)
-and print that folder. ``--readme-only`` rewrites the README's bench section from the latest full report."""
+and print that folder. ``--readme-only`` (and ``--update-readme`` after a full run) copies the latest full report to
+``docs/bench/<date>/`` and rewrites the README's bench section from it."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model and data come from installed packages; never wait on a hub
+PUBLISHED = Path("docs/bench")  # full reports the README links to, kept in the repository
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,16 +72,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _readme(out: Path, log) -> int:
+    """Copy the latest full report to docs/bench/<date>/ (committed, unlike artifacts/) and rewrite the README's
+    bench section from that copy, so the README's link to the whole report works wherever the repo is read."""
+    from tailorfit.pipeline.cache import swap_in_folder
+
     from .report import latest_report, update_readme
 
     report = latest_report(out)
     if report is None:
         log.error("no full bench report under %s: run `python -m bench` first", out)
         return 2
-    if not update_readme(Path("README.md"), report):
+    published = PUBLISHED / report.parent.name
+    if published.resolve() != report.parent.resolve():
+        partial = published.with_name(f".{published.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(report.parent, partial)
+        swap_in_folder(partial, published)
+    if not update_readme(Path("README.md"), published / "report.json"):
         log.error("README.md has no <!-- bench:begin --> / <!-- bench:end --> markers: add them where the section goes")
         return 2
-    log.info("README.md bench section rewritten from %s", report)
+    log.info("README.md bench section rewritten from %s", published)
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,18 @@ def test_readme_section_is_rewritten_between_markers_from_the_latest_full_report
     plain = tmp_path / "PLAIN.md"
     plain.write_text("no markers\n")
     assert not update_readme(plain, latest) and plain.read_text() == "no markers\n"
+
+
+def test_readme_only_publishes_the_latest_full_report_into_docs_and_links_there(tmp_path, monkeypatch):
+    from bench.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    _report(tmp_path / "artifacts" / "bench", "2026-01-03", date="2026-01-03")
+    Path("README.md").write_text(f"# title\n{BEGIN}\n{END}\n")
+    assert main(["--readme-only"]) == 0
+    assert (tmp_path / "docs" / "bench" / "2026-01-03" / "report.md").is_file()
+    assert "[`docs/bench/2026-01-03/report.md`](docs/bench/2026-01-03/report.md)" in Path("README.md").read_text()
+    assert main(["--readme-only"]) == 0 and not list((tmp_path / "docs" / "bench").glob(".*"))  # republished whole, nothing left half
 
 
 def test_unknown_section_is_refused():
