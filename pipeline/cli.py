@@ -69,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", default=None, help="cache folder (default: $TAILORFIT_CACHE or OUT/.cache)")
     run.add_argument("--force", action="append", default=[], metavar="PASS", help="re-run this step or pass and everything after it (repeatable)")
     run.add_argument("--executor", default=None, metavar="SPEC",
-                     help="local, ray or ray://HOST:PORT: where parallel work (search candidates) runs (default: the recipe's, else ray when $RAY_ADDRESS is set, else local)")
+                     help="local, ray or ray://HOST:PORT: where parallel work (search candidates, the steps after the search) runs (default: the recipe's, else ray when $RAY_ADDRESS is set, else local)")
     run.set_defaults(func=_cmd_run)
     sub.add_parser("passes", parents=[common], help="list passes with their config fields").set_defaults(func=_cmd_passes)
     sub.add_parser("targets", parents=[common], help="list deployment targets").set_defaults(func=_cmd_targets)
