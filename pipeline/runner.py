@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -122,6 +122,8 @@ class _Run:
     display: ProgressDisplay
     pool: Executor
     log: logging.Logger
+    # folders already shared with the executor: inputs do not change during a run, so each is hashed and sent once
+    shipped: dict[Path, Shipped] = field(default_factory=dict)
 
     def prepare(self, sid: str) -> _Step | None:
         """The step with its key, or None when it is skipped (recorded)."""
@@ -202,14 +204,13 @@ class _Run:
             if not todo:
                 return
             self.log.info("%s: running as %d tasks on %s", ", ".join(s.sid for s in todo), len(todo), self.pool.spec)
-            shipped: dict[Path, Shipped] = {}
             tasks = []
             for step in todo:
                 folders = input_folders(step.inputs, self.cache.root)
                 for folder in folders:
-                    if folder not in shipped:
-                        shipped[folder] = self.pool.share(folder)
-                tasks.append(StepTask(step.sid, step.pass_, step.inputs, [shipped[f] for f in folders], self.seed, self.threads))
+                    if folder not in self.shipped:
+                        self.shipped[folder] = self.pool.share(folder)
+                tasks.append(StepTask(step.sid, step.pass_, step.inputs, [self.shipped[f] for f in folders], self.seed, self.threads))
             t0 = time.perf_counter()
             with self.display.task(f"{len(todo)} steps on {self.pool.spec}", len(todo)) as bar:
                 outcomes = self.pool.map(run_step, tasks, resources=todo[0].pass_.resources(**todo[0].inputs), on_done=lambda: bar.advance(1))
