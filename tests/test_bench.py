@@ -121,6 +121,16 @@ def test_hypervolume_summary_and_evaluations_to_reach_a_target():
     assert _evaluations_to_reach(runs, [0.3, 0.8]) == [3, None]
 
 
+def test_search_curves_count_the_searchs_own_candidates_and_the_baselines_only_in_the_final_value(tmp_path):
+    from bench.search_efficiency import _history
+
+    # as the search pass writes it: measured counts the two baselines, the curve only the searched candidates
+    curve = [[n, 0.01 * n] for n in range(1, 5)]
+    (tmp_path / "history.json").write_text(json.dumps({"measured": 6, "hypervolume_curve": curve, "hypervolume_all": 0.07}))
+    history = _history(tmp_path)
+    assert history == {"hypervolume_curve": [0.01, 0.02, 0.03, 0.04], "hypervolume_all": 0.07}
+
+
 def test_scaling_recipe_scales_the_supernet_choices_to_bert_base_and_measures_the_same_budget_on_both(tmp_path):
     from bench.search_scaling import BERT_BASE, scaling_recipe
 
