@@ -16,6 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model and data come from install
 PUBLISHED = Path("docs/bench")  # full reports the README links to, kept in the repository
 
 
+# what the report's numbers depend on: every runtime and quantizer measured in it
+BENCH_PACKAGES = ("tailorfit", "torch", "transformers", "openvino", "nncf", "onnx", "onnxruntime", "onnxscript", "optimum-intel", "neural-compressor-pt", "torchao")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .sections import SECTIONS
 
@@ -39,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         return _readme(args.out, log)
     from tailorfit.pipeline.cache import package_versions
     from tailorfit.pipeline.host import host_info
-    from tailorfit.pipeline.runner import CORE_PACKAGES
 
     from .context import FULL, QUICK, BenchContext
     from .peers import PACKAGES as PEER_PACKAGES
+
     from .report import QUICK_SUFFIX, write_report
     from .sections import run_section
 
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": date, "quick": args.quick, "recipe": str(recipe), "run_dir": str(ctx.run.run_dir), "threads": ctx.threads,
         "command": "python -m bench" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
         "seconds": time.perf_counter() - t0, "host": host_info(),
-        "packages": package_versions(tuple(dict.fromkeys((*CORE_PACKAGES, *PEER_PACKAGES, "neural-compressor-pt", "torchao")))),
+        "packages": package_versions(tuple(dict.fromkeys((*BENCH_PACKAGES, *PEER_PACKAGES)))),
     }
     folder = write_report(partial, final, meta, sections)
     print(folder.resolve())

@@ -9,7 +9,7 @@ import numpy as np
 
 from tailorfit.passes.package import correct_by_id
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.stats import paired_difference
+from tailorfit.pipeline.search.stats import paired_difference
 
 from .context import REFERENCE, BenchContext, Entry
 from .measure import macs, openvino_matmuls, params

@@ -12,7 +12,7 @@ import numpy as np
 
 from tailorfit.passes.benchmark import synthetic_inputs
 from tailorfit.pipeline.cache import Cache
-from tailorfit.pipeline.handles import Lowered
+from tailorfit.pipeline.models.handles import Lowered
 from tailorfit.targets import get_target
 from tailorfit.targets.timing import InterleavedLatency, measure_interleaved
 

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tailorfit.pipeline.cost import CostModel
-from tailorfit.pipeline.elastic import ElasticModel
+from tailorfit.pipeline.supernet.cost import CostModel
+from tailorfit.pipeline.supernet.elastic import ElasticModel
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.handles import HFModel, Lowered
-from tailorfit.pipeline.models import ARCHITECTURE, auto_class
-from tailorfit.pipeline.search_space import SearchSpace, SubnetConfig, default_space
+from tailorfit.pipeline.models.handles import HFModel, Lowered
+from tailorfit.pipeline.models.loading import ARCHITECTURE, auto_class
+from tailorfit.pipeline.supernet.space import SearchSpace, SubnetConfig, default_space
 
 _COSTS: dict[str, tuple[CostModel, SubnetConfig]] = {}
 

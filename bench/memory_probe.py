@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from tailorfit.passes.benchmark import synthetic_inputs
-from tailorfit.pipeline.handles import Lowered
+from tailorfit.pipeline.models.handles import Lowered
 from tailorfit.targets import get_target
 
 

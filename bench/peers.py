@@ -22,10 +22,10 @@ from tailorfit.passes.evaluate import Evaluate, EvaluateConfig
 from tailorfit.passes.quantize import Quantize, QuantizeConfig
 from tailorfit.pipeline.cache import Cache, package_versions
 from tailorfit.pipeline.contract import PassContext
-from tailorfit.pipeline.data import encode_rows, read_split
+from tailorfit.pipeline.models.data import encode_rows, read_split
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.handles import Lowered
-from tailorfit.pipeline.models import load_preprocessor
+from tailorfit.pipeline.models.handles import Lowered
+from tailorfit.pipeline.models.loading import load_preprocessor
 from tailorfit.targets import get_target
 from tailorfit.targets.base import LINEAR_MAP
 
@@ -66,7 +66,7 @@ def _cached(cache: Cache, name: str, inputs: dict[str, Any], build: Callable[[Pa
 
 def _evaluated(run: RecipeRun, model: Lowered, work: Path) -> Lowered:
     """Test-split accuracy on the peer's runtime, by tailorfit's evaluate pass with the recipe's settings."""
-    ctx = PassContext(step_id=model.candidate, work_dir=work, run_dir=work, seed=run.seed, threads=run.threads, log=log)
+    ctx = PassContext(model.candidate, work, seed=run.seed, threads=run.threads, log=log)
     return Evaluate(EvaluateConfig(**run.evaluate_config())).run(ctx, model, run.data)
 
 

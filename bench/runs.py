@@ -12,7 +12,8 @@ from typing import Any
 from tailorfit.pipeline import load_recipe, read_run, run_pipeline
 from tailorfit.pipeline.cache import Cache
 from tailorfit.pipeline.contract import get_pass
-from tailorfit.pipeline.handles import Dataset, Handle, HFModel, Lowered
+from tailorfit.pipeline.handles import Handle
+from tailorfit.pipeline.models.handles import Dataset, HFModel, Lowered
 from tailorfit.pipeline.host import default_threads
 
 log = logging.getLogger("tailorfit.bench")

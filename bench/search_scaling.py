@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from tailorfit.pipeline import run_pipeline
-from tailorfit.pipeline.evaluation_store import EvaluationStore
-from tailorfit.pipeline.models import load_preprocessor
+from tailorfit.pipeline.search.store import EvaluationStore
+from tailorfit.pipeline.models.loading import load_preprocessor
 
 from .runs import RecipeRun
 

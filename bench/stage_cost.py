@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tailorfit.pipeline.evaluation_store import EvaluationStore
+from tailorfit.pipeline.search.store import EvaluationStore
 
 from .context import BenchContext
 from .search_scaling import measure_search_scaling

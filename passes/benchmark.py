@@ -10,8 +10,8 @@ import numpy as np
 from pydantic import Field
 
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
-from tailorfit.pipeline.handles import Lowered
-from tailorfit.pipeline.models import read_config
+from tailorfit.pipeline.models.handles import Lowered
+from tailorfit.pipeline.models.loading import read_config
 from tailorfit.targets import get_target
 from tailorfit.targets.timing import measure_latency
 
@@ -28,7 +28,10 @@ class BenchmarkConfig(PassConfig):
 class Benchmark(Pass):
     name = "benchmark"
     Config = BenchmarkConfig
-    packages = ("openvino", "onnxruntime")
+    packages = ()  # the target adds its own (packages_for)
+
+    def packages_for(self, inputs: dict[str, Any]) -> tuple[str, ...]:
+        return (*self.packages, *get_target(inputs["model"].target).packages)
     portable = True
 
     def resources(self, model: Lowered) -> dict[str, float]:

@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
+from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.handles import Dataset, Task
+from tailorfit.pipeline.models.handles import Dataset, Task
 from tailorfit.pipeline.locations import content_hash, resolve_location
 
 SPLITS = ("train", "validation", "test")
@@ -76,8 +76,11 @@ class DatasetPass(Pass):
             raise TailorfitError(f"dataset path '{self.config.path}' does not exist", "give a data file, a saved dataset folder, or pkg://PACKAGE/path")
         return path
 
-    def preflight(self, facts: dict[str, Any]) -> None:
+    def requires(self, inputs: PortFacts) -> None:
         self._path()
+
+    def ensures(self, inputs: PortFacts) -> Facts:
+        return {"task": self.config.task}
 
     def fingerprint(self) -> str:
         return content_hash(self._path())

@@ -14,10 +14,10 @@ import numpy as np
 from pydantic import Field
 
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
-from tailorfit.pipeline.data import chunks, encode_rows, lm_batch, lm_windows, read_split
-from tailorfit.pipeline.handles import Dataset, Lowered
-from tailorfit.pipeline.models import load_preprocessor
-from tailorfit.pipeline.stats import bootstrap_ci
+from tailorfit.pipeline.models.data import chunks, encode_rows, lm_batch, lm_windows, read_split
+from tailorfit.pipeline.models.handles import Dataset, Lowered
+from tailorfit.pipeline.models.loading import load_preprocessor
+from tailorfit.pipeline.search.stats import bootstrap_ci
 from tailorfit.targets import get_target
 
 
@@ -32,7 +32,10 @@ class EvaluateConfig(PassConfig):
 class Evaluate(Pass):
     name = "evaluate"
     Config = EvaluateConfig
-    packages = ("openvino", "onnxruntime", "transformers")
+    packages = ("transformers",)  # and the target's (packages_for)
+
+    def packages_for(self, inputs: dict[str, Any]) -> tuple[str, ...]:
+        return (*self.packages, *get_target(inputs["model"].target).packages)
     portable = True
 
     def run(self, ctx: PassContext, model: Lowered, data: Dataset) -> Lowered:

@@ -14,12 +14,12 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
-from tailorfit.pipeline.cost import CostModel
+from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, PortFacts
+from tailorfit.pipeline.supernet.cost import CostModel
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.handles import HFModel, SuperNet
-from tailorfit.pipeline.models import ARCHITECTURE, ExportWrapper, example_inputs, input_names, load_preprocessor
-from tailorfit.pipeline.search_space import SubnetConfig, subnet_id
+from tailorfit.pipeline.models.handles import HFModel, SuperNet
+from tailorfit.pipeline.models.loading import ARCHITECTURE, ExportWrapper, example_inputs, input_names, load_preprocessor
+from tailorfit.pipeline.supernet.space import SubnetConfig, subnet_id
 
 from .supernet import load_supernet
 
@@ -36,6 +36,13 @@ class Extract(Pass):
     Config = ExtractConfig
     packages = ("torch", "transformers", "safetensors")
     portable = True
+
+    def ensures(self, inputs: PortFacts) -> Facts:
+        """The super-network's facts, with the layer count of the sub-network when the recipe names it."""
+        facts = {k: v for k, v in inputs["supernet"].items() if k != "num_layers"}
+        if isinstance(self.config.subnet, SubnetConfig):
+            facts["num_layers"] = len(self.config.subnet.kept())
+        return facts
 
     def _config(self, supernet: SuperNet) -> SubnetConfig:
         chosen = self.config.subnet

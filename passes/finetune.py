@@ -14,9 +14,9 @@ import torch
 
 from tailorfit.pipeline.contract import Pass, PassContext
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.handles import Dataset, HFModel
-from tailorfit.pipeline.models import input_names, load_preprocessor, load_torch_model
-from tailorfit.pipeline.training import TaskData, TrainingConfig, save_folder_atomic, train
+from tailorfit.pipeline.models.handles import Dataset, HFModel
+from tailorfit.pipeline.models.loading import input_names, load_preprocessor, load_torch_model
+from tailorfit.pipeline.models.training import TaskData, TrainingConfig, save_folder_atomic, train
 
 
 class Finetune(Pass):

@@ -9,11 +9,11 @@ from typing import Any
 
 from pydantic import Field
 
-from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
+from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.handles import HFModel, Task
+from tailorfit.pipeline.models.handles import HFModel, Task
 from tailorfit.pipeline.locations import PKG_SCHEME, content_hash, resolve_location
-from tailorfit.pipeline.models import auto_class, model_facts, read_config
+from tailorfit.pipeline.models.loading import auto_class, model_facts, read_config
 
 
 GGUF_CONVERSION = 2  # 2: tokenizer saved from its backend (1 reloaded with the wrong pre-tokenizer)
@@ -71,12 +71,11 @@ class Load(Pass):
                 self._config_cache = read_config(self.folder())
         return self._config_cache
 
-    def preflight(self, facts: dict[str, Any]) -> None:
-        model_facts(self.folder(), self.config.task, self._config())
+    def requires(self, inputs: PortFacts) -> None:
         if self._config().get("auto_map") and not self.config.trust_remote_code:
             raise TailorfitError("this model needs its own code (auto_map in config.json)", "set trust_remote_code: true in the load step if you trust it")
 
-    def describe(self) -> dict[str, Any]:
+    def ensures(self, inputs: PortFacts) -> Facts:
         return model_facts(self.folder(), self.config.task, self._config())
 
     def fingerprint(self) -> str:

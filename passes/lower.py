@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
+from tailorfit.pipeline.contract import Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import ModelFamily, family_by_name
-from tailorfit.pipeline.handles import HFModel, Lowered
-from tailorfit.pipeline.models import export_ready
+from tailorfit.pipeline.models.handles import HFModel, Lowered
+from tailorfit.pipeline.models.loading import export_ready
 from tailorfit.targets import TARGETS, get_target
 from tailorfit.targets.base import read_linear_map, write_linear_map
 
@@ -37,10 +37,13 @@ class LowerConfig(PassConfig):
 class Lower(Pass):
     name = "lower"
     Config = LowerConfig
-    packages = ("torch", "transformers", "openvino", "onnx", "onnxscript", "onnxruntime")
+    packages = ("torch", "transformers")  # and the target's (packages_for)
     portable = True
 
-    def preflight(self, facts: dict[str, Any]) -> None:
+    def packages_for(self, inputs: dict[str, Any]) -> tuple[str, ...]:
+        return (*self.packages, *get_target(self.config.target).packages)
+
+    def requires(self, inputs: PortFacts) -> None:
         target = get_target(self.config.target)
         if self.config.inference_precision and self.config.inference_precision not in target.inference_precisions:
             raise TailorfitError(

@@ -22,11 +22,11 @@ from pydantic import Field
 from tailorfit.pipeline.cache import swap_in_folder
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.handles import Artifact, Lowered, SearchResult
+from tailorfit.pipeline.models.handles import Artifact, Lowered, SearchResult
 from tailorfit.pipeline.host import host_info
-from tailorfit.pipeline.model_card import model_card
-from tailorfit.pipeline.models import load_preprocessor
-from tailorfit.pipeline.stats import paired_difference
+from tailorfit.pipeline.models.model_card import model_card
+from tailorfit.pipeline.models.loading import load_preprocessor
+from tailorfit.pipeline.search.stats import paired_difference
 from tailorfit.targets import get_target
 from tailorfit.targets.timing import measure_interleaved
 

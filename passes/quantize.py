@@ -16,13 +16,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
-from tailorfit.pipeline.data import encode_rows, lm_batch, lm_windows, read_split
+from tailorfit.pipeline.contract import Pass, PassConfig, PassContext, PortFacts
+from tailorfit.pipeline.models.data import encode_rows, lm_batch, lm_windows, read_split
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.handles import Dataset, Lowered
-from tailorfit.pipeline.models import export_ready, layer_count, load_preprocessor
-from tailorfit.pipeline.policy import HEAD, QuantizationPolicy, policy_label
+from tailorfit.pipeline.models.handles import Dataset, Lowered
+from tailorfit.pipeline.models.loading import export_ready, layer_count, load_preprocessor
+from tailorfit.pipeline.models.policy import HEAD, QuantizationPolicy, policy_label
 from tailorfit.targets import get_target
 from tailorfit.targets.base import read_linear_map
 
@@ -44,12 +44,17 @@ class QuantizeConfig(PassConfig):
 class Quantize(Pass):
     name = "quantize"
     Config = QuantizeConfig
-    packages = ("openvino", "nncf", "onnxruntime", "onnx", "neural-compressor-pt", "torchao")
+    packages = ()  # the target's own quantizer packages come with it (packages_for)
     portable = True
 
-    def preflight(self, facts: dict[str, Any]) -> None:
-        if "num_layers" in facts and self.config.policy != "selected":
-            self._resolve(self.config.policy, facts["num_layers"])
+
+    def packages_for(self, inputs: dict[str, Any]) -> tuple[str, ...]:
+        return (*self.packages, *get_target(inputs["model"].target).packages)
+
+    def requires(self, inputs: PortFacts) -> None:
+        layers = inputs["model"].get("num_layers")
+        if layers is not None and self.config.policy != "selected":
+            self._resolve(self.config.policy, layers)
 
     def _resolve(self, policy: QuantizationPolicy, layers: int) -> dict[str, str]:
         resolved = policy.resolve(layers)

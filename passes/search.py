@@ -26,14 +26,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from tailorfit.pipeline.contract import Pass, PassConfig, PassContext, ProgressTask
+from tailorfit.pipeline.contract import Pass, PassConfig, PassContext, PortFacts, ProgressTask
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.evaluation_store import EvaluationStore
-from tailorfit.pipeline.genome import Candidate, Genome
-from tailorfit.pipeline.handles import Dataset, Lowered, SearchResult, SuperNet
-from tailorfit.pipeline.policy import QuantizationPolicy
-from tailorfit.pipeline.multiobjective import IntegerProblem, SearchSettings, run_search
-from tailorfit.pipeline.search_report import objective_matrix, write_report
+from tailorfit.pipeline.search.store import EvaluationStore
+from tailorfit.pipeline.search.genome import Candidate, Genome
+from tailorfit.pipeline.models.handles import Dataset, Lowered, SearchResult, SuperNet
+from tailorfit.pipeline.models.policy import QuantizationPolicy
+from tailorfit.pipeline.search.multiobjective import IntegerProblem, SearchSettings, run_search
+from tailorfit.pipeline.search.report import objective_matrix, write_report
 from tailorfit.targets import TARGETS
 
 from .extract import Extract, ExtractConfig
@@ -74,14 +74,17 @@ class Search(Pass):
     name = "search"
     version = 3  # 3: latency as a ratio to the unpruned FP32 model timed interleaved with each candidate
     Config = SearchConfig
-    packages = ("torch", "transformers", "openvino", "nncf", "onnxruntime", "pymoo", "scikit-learn")
+    packages = ("torch", "transformers", "pymoo", "scikit-learn")  # and the target's (packages_for)
 
     def fingerprint(self) -> str:
         # an explicit store is read: what it holds changes the result
         return str(self.config.store.stat().st_mtime_ns) if self.config.store and self.config.store.exists() else ""
 
-    def preflight(self, facts: dict[str, Any]) -> None:
-        _refuse_causal_lm(facts.get("task"))
+    def packages_for(self, inputs: dict[str, Any]) -> tuple[str, ...]:
+        return (*self.packages, *TARGETS[self.config.target].packages)
+
+    def requires(self, inputs: PortFacts) -> None:
+        _refuse_causal_lm(inputs["supernet"].get("task"))
 
     def run(self, ctx: PassContext, supernet: SuperNet, data: Dataset) -> SearchResult:
         c = self.config
@@ -178,8 +181,7 @@ class CandidateEvaluator:
     def _stage(self, root: Path, stage: str) -> PassContext:
         work = root / stage
         work.mkdir(parents=True)
-        return PassContext(step_id=f"{self.ctx.step_id}:reference", work_dir=work, run_dir=self.ctx.run_dir, seed=self.ctx.seed,
-                           threads=self.ctx.threads, log=self.ctx.log)
+        return self.ctx.child(f"{self.ctx.step_id}:reference", work)
 
     def measured(self, genome: Genome, store: EvaluationStore, genomes: list[np.ndarray], role: str, bar: ProgressTask) -> list[dict[str, Any]]:
         """The stored records of these genomes' candidates, measuring the new ones first (in parallel where the executor allows)."""

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from tailorfit.pipeline.contract import PassContext
-from tailorfit.pipeline.data import chunks, encode_rows, read_split
+from tailorfit.pipeline.models.data import chunks, encode_rows, read_split
 from tailorfit.pipeline.executor import Shipped
-from tailorfit.pipeline.fake_quant import simulated_policy
+from tailorfit.pipeline.search.fake_quant import simulated_policy
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.genome import Candidate
-from tailorfit.pipeline.handles import Dataset, HFModel, Lowered, SuperNet
-from tailorfit.pipeline.models import ARCHITECTURE, input_names, load_preprocessor, load_torch_model
+from tailorfit.pipeline.search.genome import Candidate
+from tailorfit.pipeline.models.handles import Dataset, HFModel, Lowered, SuperNet
+from tailorfit.pipeline.models.loading import ARCHITECTURE, input_names, load_preprocessor, load_torch_model
 from tailorfit.targets import get_target
 from tailorfit.targets.timing import measure_interleaved
 
@@ -82,7 +82,7 @@ def local_supernet(supernet: SuperNet, folder: Shipped) -> SuperNet:
 def _stage(root: Path, candidate: str, stage: str, s: TaskSettings) -> PassContext:
     work = root / stage
     work.mkdir(parents=True)
-    return PassContext(step_id=f"search:{candidate}", work_dir=work, run_dir=root, seed=s.seed, threads=s.threads, log=_log)
+    return PassContext(f"search:{candidate}", work, seed=s.seed, threads=s.threads, log=_log)
 
 
 def build_and_score(candidate: Candidate, *, supernet: SuperNet, supernet_folder: Shipped, data: Dataset, data_folder: Shipped,

@@ -22,11 +22,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
+from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.errors import StepSkipped
-from tailorfit.pipeline.handles import HFModel, SearchResult, Selection
-from tailorfit.pipeline.policy import QuantizationPolicy
-from tailorfit.pipeline.search_space import SubnetConfig
+from tailorfit.pipeline.models.handles import HFModel, SearchResult, Selection
+from tailorfit.pipeline.models.policy import QuantizationPolicy
+from tailorfit.pipeline.supernet.space import SubnetConfig
 
 from .extract import Extract, ExtractConfig
 
@@ -42,6 +42,10 @@ class Select(Pass):
     Config = SelectConfig
     packages = ("torch", "transformers", "safetensors")
     portable = True
+
+    def ensures(self, inputs: PortFacts) -> Facts:
+        """The searched model's facts, less its layer count: the pick's is known only after the search."""
+        return {k: v for k, v in inputs["search"].items() if k != "num_layers"}
 
     def run(self, ctx: PassContext, search: SearchResult) -> HFModel:
         row = self._pick(search.front)

@@ -14,13 +14,13 @@ import torch
 from pydantic import Field
 
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
-from tailorfit.pipeline.cost import CostModel
-from tailorfit.pipeline.elastic import ElasticModel
+from tailorfit.pipeline.supernet.cost import CostModel
+from tailorfit.pipeline.supernet.elastic import ElasticModel
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.handles import HFModel, SuperNet
-from tailorfit.pipeline.models import ExportWrapper, example_inputs, input_names, load_preprocessor, load_torch_model
-from tailorfit.pipeline.search_space import SearchSpace, default_space, model_dims
+from tailorfit.pipeline.models.handles import HFModel, SuperNet
+from tailorfit.pipeline.models.loading import ExportWrapper, example_inputs, input_names, load_preprocessor, load_torch_model
+from tailorfit.pipeline.supernet.space import SearchSpace, default_space, model_dims
 
 
 SIDECARS = ("search_space.json", "cost_model.json", "importance.json")  # files beside the weights that travel with them

@@ -18,9 +18,9 @@ from pydantic import Field
 
 from tailorfit.pipeline.contract import Pass, PassContext
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.handles import Dataset, SuperNet
-from tailorfit.pipeline.models import input_names, load_preprocessor
-from tailorfit.pipeline.training import TaskData, TrainingConfig, save_folder_atomic, train
+from tailorfit.pipeline.models.handles import Dataset, SuperNet
+from tailorfit.pipeline.models.loading import input_names, load_preprocessor
+from tailorfit.pipeline.models.training import TaskData, TrainingConfig, save_folder_atomic, train
 
 from .supernet import SIDECARS, load_supernet
 

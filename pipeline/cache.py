@@ -18,8 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from .contract import Pass
-from .handles import HANDLE_KINDS, Handle
+from tailorfit.pipeline.contract import Pass
+from tailorfit.pipeline.handles import HANDLE_KINDS, Handle
 
 log = logging.getLogger("tailorfit.cache")
 
@@ -35,7 +35,8 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str]:
 
 
 def step_key(p: Pass, inputs: dict[str, Handle | list[Handle]], fingerprint: str) -> str:
-    """Hash of everything that determines a pass's output; ``fingerprint`` is ``p.fingerprint()``, computed once by the caller."""
+    """Hash of everything that determines a pass's output; ``fingerprint`` is ``p.fingerprint()``, computed once by the
+    caller. Packages are ``p.packages_for(inputs)``: a target's step depends on that target's runtime only."""
     input_keys = {port: [h.key for h in v] if isinstance(v, list) else v.key for port, v in sorted(inputs.items())}
     payload = {
         "pass": p.name,
@@ -43,7 +44,7 @@ def step_key(p: Pass, inputs: dict[str, Handle | list[Handle]], fingerprint: str
         "config": p.config.model_dump(mode="json"),
         "inputs": input_keys,
         "fingerprint": fingerprint,
-        "packages": package_versions(p.packages),
+        "packages": package_versions(p.packages_for(inputs)),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -65,18 +66,6 @@ def swap_in_folder(tmp: Path, final: Path) -> Path:
     return final
 
 
-def _paths_exist(value: Any) -> bool:
-    if isinstance(value, Path):
-        return value.exists()
-    if isinstance(value, dict):
-        return all(_paths_exist(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return all(_paths_exist(v) for v in value)
-    if isinstance(value, Handle):
-        return all(_paths_exist(getattr(value, f)) for f in type(value).model_fields)
-    return True
-
-
 class Cache:
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
@@ -91,7 +80,7 @@ class Cache:
             return None
         data = json.loads(record.read_text())
         handle = HANDLE_KINDS[data.pop("kind")].model_validate(data)
-        return handle if _paths_exist(handle) else None
+        return handle if all(p.exists() for p in handle.paths()) else None
 
     @contextlib.contextmanager
     def claim(self, pass_name: str, key: str) -> Iterator[None]:

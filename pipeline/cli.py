@@ -10,12 +10,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .errors import TailorfitError
+from tailorfit.pipeline.errors import TailorfitError
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from .inspect_run import print_run, wide_console
-    from .runner import run_pipeline
+    from tailorfit.pipeline.inspect_run import print_run, wide_console
+    from tailorfit.pipeline.runner import run_pipeline
 
     result = run_pipeline(args.recipe, out=args.out, cache_dir=args.cache, force=args.force, quiet=args.quiet, debug=args.debug, executor=args.executor)
     if not args.quiet:
@@ -24,7 +24,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 def _cmd_passes(args: argparse.Namespace) -> None:
-    from .contract import all_passes
+    from tailorfit.pipeline.contract import all_passes
 
     console = Console()
     for name, cls in all_passes().items():
@@ -39,14 +39,14 @@ def _cmd_passes(args: argparse.Namespace) -> None:
 
 
 def _cmd_targets(args: argparse.Namespace) -> None:
-    from tailorfit.targets import TARGETS
+    from tailorfit.pipeline.plugins import targets
 
-    for name, cls in TARGETS.items():
+    for name, cls in targets().items():
         print(f"{name}\t{cls().describe()}\tfiles in {cls.folder}/")
 
 
 def _cmd_inspect(args: argparse.Namespace) -> None:
-    from .inspect_run import print_run, read_run
+    from tailorfit.pipeline.inspect_run import print_run, read_run
 
     if args.json:
         manifest, metrics = read_run(args.run_dir)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .contract import ProgressTask
+from tailorfit.pipeline.contract import ProgressTask
 
 LOG_NAME = "tailorfit"
 _console = Console(stderr=True)

@@ -30,8 +30,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import TailorfitError
-from .locations import content_hash
+from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.locations import content_hash
 
 _RAY_CLIENT = re.compile(r"^ray://(?P<host>[^:/\s]+):(?P<port>\d+)$")
 _HOST_PORT = re.compile(r"^(?:ray://)?(?P<host>[^:/\s]+):(?P<port>\d+)$")
@@ -204,9 +204,9 @@ class RayExecutor(Executor):
 
 
 def _local_target_resources() -> dict[str, float]:
-    from tailorfit.targets import TARGETS
+    from tailorfit.pipeline.plugins import targets
 
-    return {name: 1 for name in TARGETS}
+    return {name: 1 for name in targets()}
 
 
 def _probe(host: str, port: int, address: str) -> None:

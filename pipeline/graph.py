@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
 
 import networkx as nx
 from pydantic import ValidationError
 
-from .contract import Pass, Port, get_pass
-from .errors import TailorfitError
-from .recipe import Recipe, Step
+from tailorfit.pipeline.contract import Facts, Pass, Port, PortFacts, get_pass
+from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.recipe import Recipe, Step
 
 
 @dataclass
@@ -102,15 +102,18 @@ class Pipeline:
         return type(self.nodes[sid].pass_).produces()
 
     def _preflight(self) -> None:
-        """Run each pass's cheap static checks with the facts its upstream steps can tell without running."""
-        facts: dict[str, dict[str, Any]] = {}
+        """Check each step's ``requires`` on the facts its ports will carry, in run order: a port's facts are what the
+        step wired to it ``ensures`` (a list port: one per branch, in wiring order), so a fact one step changes (extract's
+        layer count) reaches exactly the steps downstream of it along the wiring, never a sibling branch."""
+        ensured: dict[str, Facts] = {}
         for sid in self.order:
             node = self.nodes[sid]
-            merged: dict[str, Any] = {}
-            for up in nx.ancestors(self.graph, sid):
-                merged.update(facts[up])
-            node.pass_.preflight(merged)
-            facts[sid] = {**merged, **node.pass_.describe()}
+            ports: PortFacts = {
+                port: [ensured[u] for u in ups] if port in node.many else ensured[ups[0]] for port, ups in node.wiring.items()
+            }
+            node.pass_.requires(ports)
+            ensured[sid] = MappingProxyType(dict(node.pass_.ensures(ports)))
+        self.facts = ensured
 
     def downstream(self, step_ids: set[str]) -> set[str]:
         out = set(step_ids)

@@ -1,20 +1,19 @@
-"""Handles: the small typed values that flow between passes.
+"""The base of every handle: a small typed value that flows between passes and points at files.
 
 A handle points at files (in the cache or in a package's install folder), never at a live
 object, so any pass can be re-run, cached, resumed or shipped elsewhere. ``key`` is the
-cache key of the step that produced it: downstream keys are derived from it.
+cache key of the step that produced it: downstream keys are derived from it. The kinds of
+handle the built-in passes exchange live with the domain (``pipeline/models/handles.py``);
+each subclass registers itself in ``HANDLE_KINDS`` so the cache can read it back by name.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict
 
-from .policy import QuantizationPolicy
-from .search_space import SearchSpace, SubnetConfig
-
-Task = Literal["text-classification", "causal-lm", "image-classification"]
+HANDLE_KINDS: dict[str, type["Handle"]] = {}
 
 
 class Handle(BaseModel):
@@ -26,107 +25,37 @@ class Handle(BaseModel):
         super().__init_subclass__(**kw)
         cls.kind = cls.__name__
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kw: Any) -> None:
+        super().__pydantic_init_subclass__(**kw)
+        HANDLE_KINDS[cls.kind] = cls
+
+    def paths(self) -> Iterator[Path]:
+        """Every path this handle holds, nested values included."""
+        found: list[Path] = []
+        map_paths(self.model_dump(), lambda p: found.append(p) or p)
+        return iter(found)
+
+    def with_paths(self, change: Callable[[Path], Path]) -> "Handle":
+        """The same handle with ``change`` applied to every path it holds."""
+        return type(self).model_validate(map_paths(self.model_dump(), change))
+
+    def measured(self) -> dict[str, dict[str, Any]]:
+        """``{candidate: {target: metrics}}`` for the run's summary: what was measured on this handle, if anything."""
+        return {}
+
     def relocate(self, old: Path, new: Path) -> "Handle":
         """The same handle with every path under ``old`` moved under ``new`` (a temp dir renamed into the cache)."""
-        old_s, new_s = str(old), str(new)
-
-        def move(value: Any) -> Any:
-            if isinstance(value, str) and (value == old_s or value.startswith(old_s + "/")):
-                return new_s + value[len(old_s):]
-            if isinstance(value, dict):
-                return {k: move(v) for k, v in value.items()}
-            if isinstance(value, list):
-                return [move(v) for v in value]
-            return value
-
-        return type(self).model_validate(move(self.model_dump(mode="json")))
+        return self.with_paths(lambda p: new / p.relative_to(old) if p.is_relative_to(old) else p)
 
 
-class Selection(BaseModel):
-    """Why a model exists: the search candidate ``select`` picked, the policy it was searched with, and what the
-    search measured for it (validation split), to set beside the final measurements."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    candidate: str
-    rule: str
-    origin: str  # cache key of the model the super-network was built from: its FP32 / INT8 branches are the baselines
-    subnet: SubnetConfig
-    policy: QuantizationPolicy
-    search_metrics: dict[str, Any]
-
-
-class HFModel(Handle):
-    """A Hugging Face model directory (config, weights, tokenizer) and its task."""
-
-    path: Path
-    task: Task
-    family: str
-    name: str
-    num_labels: int | None = None
-    notes: list[str] = []  # caveats every model card derived from it must state
-    selection: Selection | None = None  # set by ``select``: the searched candidate this model is
-
-
-class Dataset(Handle):
-    """Seeded train / validation / test splits as JSONL files, each row with a stable ``id``."""
-
-    path: Path
-    task: Task
-    label_names: list[str] = []
-    sizes: dict[str, int]
-
-
-class Lowered(Handle):
-    """A model lowered to one target: its runtime files plus what was done to it and measured on it.
-
-    ``evaluate`` and ``benchmark`` return the same model with ``metrics`` and ``reports`` extended,
-    so a chain lower → quantize → evaluate → benchmark ends in one handle holding everything.
-    """
-
-    target: str
-    files: list[Path]
-    candidate: str
-    precision: str  # "fp32", "int8" or "mixed"
-    inference_precision: str  # what the runtime computes non-quantized ops in (f32 / bf16)
-    inputs: list[str]  # the graph's input names, in order
-    policy: dict[str, str] | None = None  # "layer.group" -> precision, resolved against the model
-    source: HFModel
-    metrics: dict[str, Any] = {}
-    reports: dict[str, Path] = {}
-
-    def size_bytes(self) -> int:
-        """The runtime files' size on disk: what a deployment ships."""
-        return sum(f.stat().st_size for f in self.files)
-
-
-class SuperNet(Handle):
-    """An elastic super-network: its (importance-reordered) full-size weights as a model folder, and its search space."""
-
-    path: Path
-    source: HFModel
-    space: SearchSpace
-
-
-class SearchResult(Handle):
-    """A finished search: its folder (evaluation store, Pareto front, history, plots) and the front itself.
-
-    ``front`` rows: ``{id, subnet, policy, metrics}`` with the policy numbered as the extracted model's layers;
-    ``baselines``: the unpruned model's stored records (``fp32``, ``int8``), measured in the same search.
-    """
-
-    path: Path
-    supernet: SuperNet
-    target: str
-    objectives: list[str]
-    baselines: dict[str, dict[str, Any]]
-    front: list[dict[str, Any]]
-
-
-class Artifact(Handle):
-    """A packaged run directory: candidates with their runtime files, metrics and model cards."""
-
-    path: Path
-    candidates: list[str]
-
-
-HANDLE_KINDS: dict[str, type[Handle]] = {h.kind: h for h in (HFModel, Dataset, Lowered, SuperNet, SearchResult, Artifact)}
+def map_paths(value: Any, change: Callable[[Path], Path]) -> Any:
+    """``value`` (a handle's ``model_dump()``: dicts, lists, scalars) with ``change`` applied to every ``Path`` in it:
+    the one walker over handle data, used to relocate, list and check what a handle points at."""
+    if isinstance(value, Path):
+        return change(value)
+    if isinstance(value, dict):
+        return {k: map_paths(v, change) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [map_paths(v, change) for v in value]
+    return value

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .errors import TailorfitError
+from tailorfit.pipeline.errors import TailorfitError
 
 
 def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -5,7 +5,7 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
-from .errors import TailorfitError
+from tailorfit.pipeline.errors import TailorfitError
 
 PKG_SCHEME = "pkg://"
 

@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import TailorfitError
+from tailorfit.pipeline.errors import TailorfitError
 
 DEFAULT_RECIPE = Path(__file__).with_name("default_recipe.yaml")
 

@@ -7,25 +7,24 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .cache import Cache, package_versions, step_key, write_json_atomic
-from .console import ProgressDisplay, setup_logging
-from .contract import Pass, PassContext
-from .errors import StepSkipped, TailorfitError
-from .executor import Executor, Shipped, executor_from, unpack_folder
-from .graph import Pipeline
-from .handles import Handle, Lowered
-from .host import PeakMemory, default_threads, host_info
-from .recipe import load_recipe
-from .step_tasks import StepTask, input_folders, run_step
+from tailorfit.pipeline.cache import Cache, package_versions, step_key, write_json_atomic
+from tailorfit.pipeline.console import ProgressDisplay, setup_logging
+from tailorfit.pipeline.contract import Pass, PassContext
+from tailorfit.pipeline.errors import StepSkipped, TailorfitError
+from tailorfit.pipeline.executor import Executor, Shipped, executor_from, unpack_folder
+from tailorfit.pipeline.graph import Pipeline
+from tailorfit.pipeline.handles import Handle
+from tailorfit.pipeline.host import default_threads, host_info
+from tailorfit.pipeline.recipe import load_recipe
+from tailorfit.pipeline.step_tasks import StepTask, input_folders, run_pass, run_step
 
 COST = "cost.json"  # in a cache entry: seconds and peak memory of the run that produced it
-CORE_PACKAGES = ("tailorfit", "torch", "transformers", "openvino", "nncf", "onnx", "onnxruntime", "onnxscript", "optimum-intel", "networkx", "pydantic")
+CORE_PACKAGES = ("tailorfit", "networkx", "pydantic")  # the steps add theirs (and their targets') as their keys are made
 
 
 @dataclass
@@ -40,11 +39,12 @@ def _now() -> str:
 
 
 def collect_metrics(outputs: Iterable[Handle]) -> dict[str, dict[str, Any]]:
-    """``{candidate: {target: metrics}}`` from the final handle of every lowered branch."""
+    """``{candidate: {target: metrics}}`` from every handle that measured something (``Handle.measured``)."""
     table: dict[str, dict[str, Any]] = {}
     for h in outputs:
-        if isinstance(h, Lowered) and h.metrics:
-            table.setdefault(h.candidate, {})[h.target] = {"precision": h.precision, "inference_precision": h.inference_precision, **h.metrics}
+        for candidate, by_target in h.measured().items():
+            for target, metrics in by_target.items():
+                table.setdefault(candidate, {})[target] = metrics
     return table
 
 
@@ -69,13 +69,11 @@ def run_pipeline(
     forced = pipe.downstream(set().union(*(pipe.steps_matching(f) for f in force))) if force else set()
     threads = parsed.threads or default_threads()
     pool = executor_from(executor or parsed.executor)  # a bad spec or an unreachable address fails here, before anything is written
-    _set_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    packages = sorted({pkg for n in pipe.nodes.values() for pkg in n.pass_.packages} | set(CORE_PACKAGES))
     manifest: dict[str, Any] = {
         "recipe_name": parsed.name, "status": "running", "started": _now(), "recipe": raw,
-        "seed": parsed.seed, "threads": threads, "host": host_info(), "packages": package_versions(tuple(packages)),
+        "seed": parsed.seed, "threads": threads, "host": host_info(), "packages": package_versions(CORE_PACKAGES),
         "cache": str(cache.root), "order": pipe.order, "steps": {}, "inputs": {},
     }
     manifest_path = run_dir / "manifest.json"
@@ -138,6 +136,7 @@ class _Run:
         key = step_key(p, inputs, fingerprint)
         if fingerprint:
             self.manifest["inputs"][sid] = fingerprint
+        self.manifest["packages"] = dict(sorted({**self.manifest["packages"], **package_versions(p.packages_for(inputs))}.items()))
         return _Step(sid, p, inputs, key, {"pass": p.name, "config": p.config.model_dump(mode="json"), "inputs": node.wiring, "key": key})
 
     def _cached(self, step: _Step) -> Handle | None:
@@ -155,6 +154,10 @@ class _Run:
             self._finish(step, handle, time.perf_counter())
         return handle
 
+    def context(self, step: _Step, work: Path) -> PassContext:
+        return PassContext(step.sid, work, seed=self.seed, threads=self.threads, run_dir=self.run_dir,
+                           progress_factory=self.display.task, executor=self.pool, manifest=self.manifest)
+
     def run_here(self, step: _Step) -> None:
         p, sid = step.pass_, step.sid
         with contextlib.ExitStack() as held:
@@ -163,22 +166,18 @@ class _Run:
             t0 = time.perf_counter()
             self.log.info("%s: running %s", sid, p.name)
             work = self.cache.work_dir(p.name, step.key)
-            ctx = PassContext(
-                step_id=sid, work_dir=work, run_dir=self.run_dir, seed=self.seed, threads=self.threads,
-                log=logging.getLogger(f"tailorfit.{sid}"), progress_factory=self.display.task, executor=self.pool,
-                extras={"manifest": self.manifest, "manifest_path": self.manifest_path},
-            )
             try:
-                # libraries print progress to stdout; keep stdout for results (the CLI prints the run directory there)
-                with contextlib.redirect_stdout(sys.stderr), PeakMemory() as memory:
-                    handle = p.run(ctx, **step.inputs)
-            except StepSkipped as skip:
-                self._skipped(step, work, str(skip))
-                return
-            except BaseException as exc:
+                outcome = run_pass(p, self.context(step, work), step.inputs)
+            except BaseException as exc:  # an interrupt: the partial folder stays for a resume
                 self._failed(step, work, exc)
                 raise
-            self._commit(step, handle, work, time.perf_counter() - t0, memory.peak_mb, t0)
+            if outcome.skipped is not None:
+                self._skipped(step, work, outcome.skipped)
+            elif outcome.error is not None:
+                self._failed(step, work, outcome.error)
+                raise outcome.error
+            else:
+                self._commit(step, outcome.handle, work, outcome.seconds, outcome.peak_rss_mb, t0)
 
     def next_wave(self, pending: list[str]) -> list[_Step]:
         """Take from ``pending`` the portable steps whose inputs are all made and that ask for the same resources,
@@ -237,9 +236,11 @@ class _Run:
         self._finish(step, self.cache.commit(step.pass_.name, step.key, handle, work), t0)
 
     def _finish(self, step: _Step, handle: Handle, t0: float) -> None:
-        step.record["seconds"] = round(time.perf_counter() - t0, 3)
         if (cost := self.cache.entry(step.pass_.name, step.key) / COST).is_file():
             step.record["produced"] = json.loads(cost.read_text())
+        self.manifest["steps"][step.sid] = step.record  # publish may read it (package's model cards list the steps)
+        handle = step.pass_.publish(self.context(step, self.cache.entry(step.pass_.name, step.key)), handle)
+        step.record["seconds"] = round(time.perf_counter() - t0, 3)
         self.outputs[step.sid] = handle
         self.manifest["steps"][step.sid] = step.record
         write_json_atomic(self.manifest_path, self.manifest)
@@ -272,8 +273,3 @@ def _available_inputs(wiring: dict[str, list[str]], many: set[str], outputs: dic
             return f"its input '{port}' comes from skipped step(s) {', '.join(u for u in ups if u not in outputs)}"
     return inputs
 
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)

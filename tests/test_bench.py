@@ -85,7 +85,7 @@ def test_matmul_ceilings_run_in_their_precision():
 def _recipe_run(tmp_path):
     from bench.runs import RecipeRun
     from tailorfit.pipeline.cache import Cache
-    from tailorfit.pipeline.handles import HFModel
+    from tailorfit.pipeline.models.handles import HFModel
 
     model = tmp_path / "tuned"
     model.mkdir()

@@ -13,7 +13,7 @@ import yaml
 
 from conftest import make_sentences
 from tailorfit.pipeline import run_pipeline
-from tailorfit.pipeline.data import read_split
+from tailorfit.pipeline.models.data import read_split
 
 
 def _dataset(path, tmp_path, **config):

@@ -1,11 +1,11 @@
-"""Multi-objective search (tailorfit.pipeline.multiobjective) on cheap synthetic problems."""
+"""Multi-objective search (tailorfit.pipeline.search.multiobjective) on cheap synthetic problems."""
 from __future__ import annotations
 
 import numpy as np
 import pydantic
 import pytest
 
-from tailorfit.pipeline.multiobjective import (
+from tailorfit.pipeline.search.multiobjective import (
     IntegerProblem,
     SearchSettings,
     fit_predictor,

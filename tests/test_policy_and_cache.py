@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tailorfit.pipeline import HFModel, QuantizationPolicy, TailorfitError
+from tailorfit.pipeline import TailorfitError
+from tailorfit.pipeline.models.handles import HFModel, Lowered
+from tailorfit.pipeline.models.policy import QuantizationPolicy
 from tailorfit.pipeline.cache import Cache, step_key
 from tailorfit.pipeline.contract import get_pass
 from tailorfit.pipeline.families import family_for
@@ -51,14 +53,30 @@ def _handle(tmp_path: Path, key: str = "k0") -> HFModel:
     return HFModel(path=tmp_path, task="text-classification", family="bert", name="m", key=key)
 
 
+def _lowered(tmp_path: Path, key: str = "k0", target: str = "openvino-cpu") -> Lowered:
+    return Lowered(target=target, files=[], candidate="c", precision="fp32", inference_precision="f32", inputs=["input_ids"],
+                   source=_handle(tmp_path), key=key)
+
+
 def test_key_depends_on_config_and_inputs(tmp_path):
     bench = get_pass("benchmark")
     cfg = bench.Config()
-    a = step_key(bench(cfg), {"model": _handle(tmp_path)}, "")
-    assert a == step_key(bench(cfg), {"model": _handle(tmp_path)}, "")
-    assert a != step_key(bench(bench.Config(runs=60)), {"model": _handle(tmp_path)}, "")
-    assert a != step_key(bench(cfg), {"model": _handle(tmp_path, "k1")}, "")
-    assert a != step_key(bench(cfg), {"model": _handle(tmp_path)}, "other input bytes")
+    a = step_key(bench(cfg), {"model": _lowered(tmp_path)}, "")
+    assert a == step_key(bench(cfg), {"model": _lowered(tmp_path)}, "")
+    assert a != step_key(bench(bench.Config(runs=60)), {"model": _lowered(tmp_path)}, "")
+    assert a != step_key(bench(cfg), {"model": _lowered(tmp_path, "k1")}, "")
+    assert a != step_key(bench(cfg), {"model": _lowered(tmp_path)}, "other input bytes")
+
+
+def test_a_target_step_is_keyed_on_that_targets_packages_only(tmp_path):
+    """Upgrading ONNX Runtime must not invalidate OpenVINO branches: a step serving a target hashes that target's packages."""
+    bench, quantize = get_pass("benchmark"), get_pass("quantize")
+    ov = bench(bench.Config()).packages_for({"model": _lowered(tmp_path)})
+    ort = quantize(quantize.Config(policy="int8")).packages_for({"model": _lowered(tmp_path, target="onnxruntime-cpu")})
+    assert "openvino" in ov and "onnxruntime" not in ov
+    assert "onnxruntime" in ort and "openvino" not in ort and "nncf" not in ort
+    lower = get_pass("lower")
+    assert "onnxruntime" not in lower(lower.Config(target="openvino-cpu")).packages_for({"model": _handle(tmp_path)})
 
 
 def test_commit_is_atomic_and_relocates_paths(tmp_path):

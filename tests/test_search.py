@@ -19,12 +19,12 @@ from rich.console import Console
 
 from tailorfit.pipeline import run_pipeline
 from tailorfit.pipeline.errors import StepSkipped, TailorfitError
-from tailorfit.pipeline.evaluation_store import EvaluationStore
-from tailorfit.pipeline.fake_quant import simulated_policy
+from tailorfit.pipeline.search.store import EvaluationStore
+from tailorfit.pipeline.search.fake_quant import simulated_policy
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.genome import Genome
+from tailorfit.pipeline.search.genome import Genome
 from tailorfit.pipeline.inspect_run import print_run
-from tailorfit.pipeline.search_space import SearchSpace
+from tailorfit.pipeline.supernet.space import SearchSpace
 
 SPACE = SearchSpace(num_layers=4, hidden_size=32, num_heads=4, num_kv_heads=4, head_dim=8, ffn_size=64,
                     head_choices=[1, 2, 4], ffn_choices=[0, 32, 64], min_layers=2)
@@ -272,7 +272,7 @@ def test_a_killed_search_resumes_from_its_store(tiny_bert, sentences_csv, tmp_pa
 
 def test_linas_search_runs_deterministically_given_the_same_measurements():
     """The resume above relies on this: replaying with stored values retraces the same candidates."""
-    from tailorfit.pipeline.multiobjective import IntegerProblem, SearchSettings, run_search
+    from tailorfit.pipeline.search.multiobjective import IntegerProblem, SearchSettings, run_search
 
     genome = Genome(SPACE)
     problem = IntegerProblem(*genome.bounds(), n_obj=2, canonical=genome.canonical)

@@ -10,7 +10,7 @@ import pytest
 from tailorfit.pipeline import run_pipeline
 from tailorfit.pipeline.contract import PASSES, Pass, PassContext
 from tailorfit.pipeline.executor import LocalExecutor
-from tailorfit.pipeline.handles import Lowered
+from tailorfit.pipeline.models.handles import Lowered
 from tailorfit.pipeline.step_tasks import input_folders
 
 from conftest import classification_recipe

@@ -11,10 +11,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from tailorfit.pipeline import TailorfitError, run_pipeline
-from tailorfit.pipeline.cost import CostModel
-from tailorfit.pipeline.elastic import ElasticModel
+from tailorfit.pipeline.supernet.cost import CostModel
+from tailorfit.pipeline.supernet.elastic import ElasticModel
 from tailorfit.pipeline.families import family_for
-from tailorfit.pipeline.search_space import LayerChoice, SubnetConfig, default_space
+from tailorfit.pipeline.supernet.space import LayerChoice, SubnetConfig, default_space
 
 
 def _model(kind: str):
@@ -159,7 +159,7 @@ def test_supernet_and_extract_passes_through_lowering(tiny_llama, text_jsonl, tm
     # a uniform sub-network also loads with Hugging Face's own class and computes the same function
     from transformers import AutoModelForCausalLM
 
-    from tailorfit.pipeline.models import load_torch_model
+    from tailorfit.pipeline.models.loading import load_torch_model
 
     uniform = result.outputs["uniform"]
     ours, theirs = load_torch_model(uniform), AutoModelForCausalLM.from_pretrained(uniform.path).eval()
@@ -181,9 +181,9 @@ def test_extract_rejects_configs_outside_the_space(tiny_bert, tmp_path):
 
 def test_sandwich_finetuning_improves_the_smallest_subnetwork(tiny_bert, sentences_csv, tmp_path):
     from tailorfit.passes.supernet import load_supernet
-    from tailorfit.pipeline.data import read_split
-    from tailorfit.pipeline.models import load_preprocessor
-    from tailorfit.pipeline.training import TaskData
+    from tailorfit.pipeline.models.data import read_split
+    from tailorfit.pipeline.models.loading import load_preprocessor
+    from tailorfit.pipeline.models.training import TaskData
 
     recipe = {
         "name": "sandwich", "threads": 2,
@@ -232,8 +232,8 @@ def test_a_removed_ffn_block_extracts_and_lowers(bert_classifier, tmp_path):
 
 def test_sandwich_finetuning_of_a_decoder_lowers_its_smallest_subnetworks_loss(tiny_llama, text_jsonl, tmp_path):
     from tailorfit.passes.supernet import load_supernet
-    from tailorfit.pipeline.models import load_preprocessor
-    from tailorfit.pipeline.training import TaskData
+    from tailorfit.pipeline.models.loading import load_preprocessor
+    from tailorfit.pipeline.models.training import TaskData
 
     recipe = {
         "name": "lm-sandwich", "threads": 2,
@@ -262,12 +262,12 @@ def test_a_checkpoint_from_another_model_is_refused(tiny_bert, tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
     from tailorfit.pipeline.contract import PassContext
-    from tailorfit.pipeline.training import CHECKPOINT, TaskData, TrainingConfig, train
+    from tailorfit.pipeline.models.training import CHECKPOINT, TaskData, TrainingConfig, train
 
     other = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
     torch.save({"model": other.state_dict(), "optimizer": {}, "scheduler": {}, "state": {}}, tmp_path / CHECKPOINT)
     model = _model("bert")
-    ctx = PassContext(step_id="t", work_dir=tmp_path, run_dir=tmp_path, seed=0, threads=1, log=logging.getLogger("t"))
+    ctx = PassContext("t", tmp_path, seed=0, threads=1)
     data = TaskData(None, ["input_ids"], "text-classification", 8, [{"text": "a", "label": 0}], [])
     with pytest.raises(TailorfitError, match="was written for another model"):
         train(ctx, model, data, TrainingConfig(), lambda batch, i: 0.0, lambda state: None, "test")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from tailorfit.pipeline import HFModel
+from tailorfit.pipeline.models.handles import HFModel
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.models import ExportWrapper, example_inputs, input_names, load_torch_model
+from tailorfit.pipeline.models.loading import ExportWrapper, example_inputs, input_names, load_torch_model
 from tailorfit.targets import TARGETS, get_target
 from tailorfit.targets.base import read_linear_map
 

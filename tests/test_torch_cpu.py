@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from conftest import classification_recipe
-from tailorfit.pipeline import HFModel, TailorfitError, run_pipeline
+from tailorfit.pipeline import TailorfitError, run_pipeline
+from tailorfit.pipeline.models.handles import HFModel
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.models import example_inputs, export_ready
+from tailorfit.pipeline.models.loading import example_inputs, export_ready
 from tailorfit.targets import get_target
 from tailorfit.targets.base import read_linear_map
 

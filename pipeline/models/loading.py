@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import TailorfitError
-from .families import family_for
-from .handles import HFModel
+from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.families import family_for
+from tailorfit.pipeline.models.handles import HFModel
 
 TASKS = ("text-classification", "causal-lm", "image-classification")
 ARCHITECTURE = "architecture.json"  # marks a sub-network folder written by the extract pass
@@ -62,9 +62,9 @@ def _load_subnet(handle: HFModel) -> nn.Module:
     from safetensors.torch import load_model
     from transformers import AutoConfig
 
-    from .elastic import ElasticModel
-    from .families import family_by_name
-    from .search_space import SearchSpace, SubnetConfig
+    from tailorfit.pipeline.supernet.elastic import ElasticModel
+    from tailorfit.pipeline.families import family_by_name
+    from tailorfit.pipeline.supernet.space import SearchSpace, SubnetConfig
 
     arch = json.loads((handle.path / ARCHITECTURE).read_text())
     base = dict(arch["base_config"])

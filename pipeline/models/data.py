@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .handles import Dataset
+from tailorfit.pipeline.models.handles import Dataset
 
 
 def read_split(handle: Dataset, split: str) -> list[dict[str, Any]]:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .families import ModelFamily
-from .search_space import SearchSpace, SubnetConfig
+from tailorfit.pipeline.families import ModelFamily
+from tailorfit.pipeline.supernet.space import SearchSpace, SubnetConfig
 
 
 class ElasticLinear(nn.Module):

@@ -12,10 +12,10 @@ import hashlib
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .errors import TailorfitError
-from .families import LINEAR_GROUPS
-from .policy import HEAD, QuantizationPolicy
-from .search_space import LayerChoice, SearchSpace, SubnetConfig
+from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.families import LINEAR_GROUPS
+from tailorfit.pipeline.models.policy import HEAD, QuantizationPolicy
+from tailorfit.pipeline.supernet.space import LayerChoice, SearchSpace, SubnetConfig
 
 
 class Candidate(BaseModel):

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from .errors import TailorfitError
-from .families import LINEAR_GROUPS
+from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.families import LINEAR_GROUPS
 
 Precision = Literal["int8", "int4", "fp32"]  # int4 only for weight-only quantization
 HEAD = "head"  # linears outside the transformer layers: pooler, classifier, LM head

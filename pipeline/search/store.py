@@ -14,8 +14,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import TailorfitError
-from .genome import Candidate
+from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.search.genome import Candidate
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

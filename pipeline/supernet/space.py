@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import TailorfitError
+from tailorfit.pipeline.errors import TailorfitError
 
 
 class LayerChoice(BaseModel):

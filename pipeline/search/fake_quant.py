@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .families import ModelFamily
-from .policy import HEAD
+from tailorfit.pipeline.families import ModelFamily
+from tailorfit.pipeline.models.policy import HEAD
 
 
 def _fake_weight(weight: torch.Tensor, axis: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from .elastic import ElasticModel, SubnetConfig
+from tailorfit.pipeline.supernet.elastic import ElasticModel, SubnetConfig
 
 
 class CostModel(BaseModel):

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import kendalltau
 
-from .cache import write_json_atomic
-from .multiobjective import SearchHistory, hypervolume, hypervolume_curve, pareto_mask
-from .stats import paired_difference
+from tailorfit.pipeline.cache import write_json_atomic
+from tailorfit.pipeline.search.multiobjective import SearchHistory, hypervolume, hypervolume_curve, pareto_mask
+from tailorfit.pipeline.search.stats import paired_difference
 
 # objective -> stored metric (accuracy's metric depends on ``accuracy_from``)
 OBJECTIVES = {"accuracy": "accuracy", "latency": "latency_ms", "size": "size_mb", "params": "params", "macs": "macs", "non_embedding_params": "non_embedding_params"}

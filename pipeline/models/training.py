@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from .contract import PassConfig, PassContext
-from .data import chunks, encode_rows, lm_windows, read_split
-from .errors import TailorfitError
-from .handles import Dataset
+from tailorfit.pipeline.contract import PassConfig, PassContext
+from tailorfit.pipeline.models.data import chunks, encode_rows, lm_windows, read_split
+from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.models.handles import Dataset
 
 CHECKPOINT = "checkpoint.pt"
 

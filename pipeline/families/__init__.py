@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import TailorfitError
+from tailorfit.pipeline.errors import TailorfitError
 
 LINEAR_GROUPS = ("qkv", "attn_out", "ffn_up", "ffn_down")
 
