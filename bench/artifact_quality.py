@@ -117,25 +117,66 @@ def _markdown(rows: list[dict[str, Any]], ctx: BenchContext) -> str:
 
 
 def _plot(rows: list[dict[str, Any]], ctx: BenchContext):
+    """One row per entry, fastest first: latency ratio to OpenVINO FP32 (log axis) on the left, test accuracy with its
+    95% CI on the right, so that no label sits on another even where several entries tie (the INT8 models at ~0.52)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    length = ctx.settings.lengths[0]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in rows:
-        x, y = r["latency"][length]["ratio_to_fp32"], 100 * r["accuracy"]
-        low, high = (100 * v for v in r["accuracy_ci95"])
-        color = "tab:blue" if r["origin"] == "tailorfit" else "tab:orange"
-        ax.errorbar(x, y, yerr=[[y - low], [high - y]], fmt="o", color=color, capsize=3)
-        ax.annotate(r["entry"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    ax.set_xlabel(f"latency / OpenVINO FP32 (interleaved, {length} tokens, batch 1)")
-    ax.set_ylabel("test accuracy, % (95% CI)")
-    ax.set_title("tailorfit (blue) and peers (orange)")
-    ax.grid(alpha=0.3)
+    lengths = ctx.settings.lengths
+    first, other = lengths[0], (lengths[1] if len(lengths) > 1 else None)
+    order = sorted(rows, key=lambda r: r["latency"][first]["ratio_to_fp32"])
+    colors = {"tailorfit": "tab:blue", "peer": "tab:orange"}
+    markers = {"openvino-cpu": "o", "onnxruntime-cpu": "s", "torch-cpu": "^", "torch-inductor-cpu": "D"}
+    y = np.arange(len(order))
+    fig, (lat, acc) = plt.subplots(1, 2, sharey=True, figsize=(11, 0.42 * len(order) + 2.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    for i, r in zip(y, order):
+        color, marker = colors.get(r["origin"], "tab:gray"), markers.get(r["target"], "o")
+        ratio = r["latency"][first]["ratio_to_fp32"]
+        shade = "0.94" if i % 2 == 0 else "white"  # banded rows; value labels sit on their row's colour
+        box = {"fc": shade, "ec": "none", "pad": 0.5}
+        for ax in (lat, acc):
+            ax.axhspan(i - 0.5, i + 0.5, color=shade, zorder=0)
+        if other is not None:
+            lat.plot(r["latency"][other]["ratio_to_fp32"], i, marker=marker, mfc="white", mec=color, ms=7, ls="none", zorder=3)
+        lat.plot(ratio, i, marker=marker, color=color, ms=8, ls="none", zorder=4)
+        right = max(ratio, r["latency"][other]["ratio_to_fp32"] if other is not None else ratio)
+        lat.annotate(f"{ratio:.2f}x", (right, i), textcoords="offset points", xytext=(10, -3), fontsize=8, color=color, bbox=box, zorder=5)
+        a, (low, high) = 100 * r["accuracy"], (100 * v for v in r["accuracy_ci95"])
+        acc.errorbar(a, i, xerr=[[a - low], [high - a]], fmt=marker, color=color, ms=7, capsize=3, zorder=4)
+        acc.annotate(f"{a:.2f}%", (high, i), textcoords="offset points", xytext=(6, -3), fontsize=8, color=color, bbox=box, zorder=5)
+    lat.set_xscale("log")
+    ticks = [t for t in (0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10) if t <= 1.6 * max(r["latency"][first]["ratio_to_fp32"] for r in order)]
+    lat.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    lat.set_xticks([], minor=True)
+    lat.set_xlim(0.42, 1.6 * max(ticks))
+    lat.axvline(1.0, color="0.4", ls="--", lw=1)
+    lat.set_yticks(y, [r["entry"] for r in order], fontsize=9)
+    for label, r in zip(lat.get_yticklabels(), order):
+        label.set_color(colors.get(r["origin"], "tab:gray"))
+        if r["entry"] == REFERENCE:
+            label.set_fontweight("bold")
+    lat.set_ylim(len(order) - 0.5, -0.5)
+    lat.set_xlabel(f"latency / {REFERENCE}, log scale; labels: {first} tokens")
+    reference = next((r for r in order if r["entry"] == REFERENCE), None)
+    if reference is not None:
+        acc.axvline(100 * reference["accuracy"], color="0.4", ls="--", lw=1)
+    acc.set_xlabel("test accuracy, % (95% CI); dashed: FP32")
+    acc.set_xlim(right=max(100 * r["accuracy_ci95"][1] for r in order) + 1.6)
+    for ax in (lat, acc):
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="y", length=0)
+    handles = [Line2D([], [], marker="o", color=c, ls="none", label=o if o != "peer" else "peers") for o, c in colors.items()]
+    handles += [Line2D([], [], marker=m, color="0.3", ls="none", label=t) for t, m in markers.items() if any(r["target"] == t for r in order)]
+    handles += [Line2D([], [], marker="o", color="0.3", ls="none", label=f"{first} tokens")]
+    if other is not None:
+        handles += [Line2D([], [], marker="o", mfc="white", mec="0.3", ls="none", label=f"{other} tokens")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle("Artifact quality: latency and test accuracy per entry, fastest first (tailorfit blue, peers orange)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     path = ctx.out_dir / "artifact_quality.png"
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -11,7 +11,6 @@ from typing import Any
 
 from tailorfit.pipeline import load_recipe, read_run, run_pipeline
 from tailorfit.pipeline.cache import Cache
-from tailorfit.pipeline.contract import get_pass
 from tailorfit.pipeline.handles import Handle
 from tailorfit.pipeline.models.handles import Dataset, HFModel, Lowered
 from tailorfit.pipeline.host import default_threads
@@ -80,7 +79,7 @@ def recipe_run(recipe: Path, out: Path) -> RecipeRun:
 
 def _finished_outputs(run_dir: Path, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Handle]] | None:
     """The handles a finished run of exactly this recipe left in the cache, or None (then the recipe must run):
-    re-running would re-time every packaged artifact, which the bench does itself anyway."""
+    reading them back needs no model of the recipe loaded."""
     if not (run_dir / "manifest.json").is_file():
         return None
     manifest, _ = read_run(run_dir)
@@ -89,7 +88,7 @@ def _finished_outputs(run_dir: Path, raw: dict[str, Any]) -> tuple[dict[str, Any
     cache = Cache(Path(manifest["cache"]))
     outputs = {}
     for sid, step in manifest["steps"].items():
-        if "skipped" in step or not get_pass(step["pass"]).cached:
+        if "skipped" in step:
             continue
         try:
             handle = cache.lookup(step["pass"], step["key"])

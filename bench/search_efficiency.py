@@ -53,7 +53,7 @@ def run(ctx: BenchContext) -> Section:
     to_match = _evaluations_to_reach(curves["linas"], [c[budget - 1] for c in curves["nsga2"]])
     data = {"seeds": seeds, "budget": budget, "curves": curves, "summary": table, "with_baselines": with_baselines,
             "linas_evaluations_to_reach_nsga2_final": to_match, "initial": ctx.run.steps("search")[0].get("config", {}).get("initial")}
-    plot = _plot(curves, budget, ctx.out_dir / "search_efficiency.png")
+    plot = _plot(curves, budget, ctx.out_dir / "search_efficiency.png", initial=data["initial"])
     return Section(TITLE, _markdown(data), data, [plot], readme=_table(data))
 
 
@@ -80,20 +80,38 @@ def _evaluations_to_reach(linas: list[list[float]], targets: list[float]) -> lis
     return [next((i + 1 for i, hv in enumerate(curve) if hv >= target - 1e-12), None) for curve, target in zip(linas, targets)]
 
 
-def _plot(curves: dict[str, list[list[float]]], budget: int, path: Path) -> Path:
+def _plot(curves: dict[str, list[list[float]]], budget: int, path: Path, initial: int | None = None) -> Path:
+    """Mean hypervolume per algorithm as a step curve; the spread over seeds as min–max bars at the table's marks
+    (side by side, so the algorithms' spreads do not paint over one another); the shared initial candidates shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
     x = np.arange(1, budget + 1)
-    for algorithm, runs in curves.items():
+    marks = sorted({max(1, budget // 3), max(1, 2 * budget // 3), budget})  # as in _summary, so the plot matches the table
+    if initial:
+        ax.axvspan(0.5, initial + 0.5, color="0.92", zorder=0)
+        ax.text(initial / 2 + 0.5, 0.97, f"first {initial}: the same random\ncandidates for every algorithm", transform=ax.get_xaxis_transform(),
+                ha="center", va="top", fontsize=8, color="0.35")
+    styles = {"linas": ("tab:blue", "-", "o"), "nsga2": ("tab:orange", "--", "s"), "random": ("tab:green", ":", "^")}
+    for k, (algorithm, runs) in enumerate(curves.items()):
+        color, line, marker = styles.get(algorithm, (None, "-", "o"))
         hv = np.array([r[:budget] for r in runs])
-        ax.plot(x, hv.mean(0), label=f"{ALGORITHMS[algorithm]} (mean of {len(runs)} seeds)")
-        ax.fill_between(x, hv.min(0), hv.max(0), alpha=0.2)
-    ax.set(xlabel="measured candidates (the two baselines not counted)", ylabel="hypervolume (normalised by FP32)", title="Hypervolume vs measured evaluations (band: min–max over seeds)")
-    ax.legend()
+        mean = hv.mean(0)
+        ax.step(np.append(x, budget + 0.6), np.append(mean, mean[-1]), where="post", color=color, ls=line, lw=2, label=f"{ALGORITHMS[algorithm]}", zorder=3)
+        dodge = (k - (len(curves) - 1) / 2) * 0.35
+        at = np.array(marks) - 1
+        ax.errorbar(np.array(marks) + dodge, mean[at], yerr=[mean[at] - hv.min(0)[at], hv.max(0)[at] - mean[at]], fmt=marker, color=color,
+                    ms=5, capsize=3, lw=1.2, zorder=4)
+    ax.set_xlim(0.5, budget + 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(sorted({1, *marks, *([initial] if initial else [])}))
+    ax.set(xlabel="measured candidates (the two baselines not counted)", ylabel="hypervolume (normalised by FP32)")
+    ax.set_title(f"Hypervolume vs measured candidates: mean of {len(next(iter(curves.values())))} seeds; bars: min–max at the table's marks", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -17,6 +17,7 @@ from pydantic import Field
 from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.supernet.cost import CostModel
 from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.models.handles import HFModel, SuperNet
 from tailorfit.pipeline.models.loading import ARCHITECTURE, ExportWrapper, example_inputs, input_names, load_preprocessor
 from tailorfit.pipeline.supernet.space import SubnetConfig, subnet_id
@@ -91,11 +92,11 @@ def _plain_config(base: dict[str, Any], subnet: SubnetConfig, supernet: SuperNet
     if len({(c.heads, c.ffn) for c in kept}) != 1 or kept[0].ffn == 0:
         return None
     heads, ffn = kept[0].heads, kept[0].ffn
-    space = supernet.space
-    plain = {**base, "num_hidden_layers": len(kept), "intermediate_size": ffn}
+    space, keys = supernet.space, family_by_name(supernet.source.family).config_keys
+    plain = {**base, keys.layers: len(kept), keys.ffn: ffn}
     if heads != space.num_heads:
-        if "num_key_value_heads" not in base:  # BERT-like classes derive the head size from hidden / heads
+        if keys.head_dim is None or keys.kv_heads is None:  # the class derives the head size from hidden / heads
             return None
-        plain.update(num_attention_heads=heads, num_key_value_heads=heads // space.group_size, head_dim=space.head_dim)
+        plain.update({keys.heads: heads, keys.kv_heads: heads // space.group_size, keys.head_dim: space.head_dim})
     plain.pop("layer_types", None)  # per-layer lists would keep the old depth
     return plain

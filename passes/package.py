@@ -1,11 +1,14 @@
 """package: the deployable artifact directory.
 
 Consumes: every final ``Lowered`` branch of the run, and every ``SearchResult`` (its store, front, history and
-plots are copied to ``<run>/search/<step>/``). Produces: ``Artifact`` — ``<run>/candidates/<id>/``
-with one folder per target (OpenVINO IR, ONNX), the tokenizer and config, ``metrics.json`` (everything
-measured, plus paired comparisons against the unpruned FP32 and fully-INT8 models on the same target: accuracy on
-the same examples, latency timed interleaved here) and a ``README.md``
-model card. The run's ``manifest.json`` sits beside it. Built in a temp folder and swapped in whole.
+plots). Produces: ``Artifact`` — ``<run>/candidates/<id>/`` with one folder per target (OpenVINO IR, ONNX), the
+tokenizer and config, ``metrics.json`` (everything measured, plus paired comparisons against the unpruned FP32 and
+fully-INT8 models on the same target: accuracy on the same examples, latency timed interleaved here) and a
+``README.md`` model card; ``<run>/search/<step>/`` with each search's reports; ``<run>/metrics.json``.
+
+The candidates are built (and their latency ratios timed) in the cache entry, so a re-run of an unchanged recipe
+re-times nothing; ``publish`` then links them into the run folder, whose model cards and step names it writes from
+this run's manifest, swapping each folder in whole.
 """
 from __future__ import annotations
 
@@ -22,15 +25,17 @@ from pydantic import Field
 from tailorfit.pipeline.cache import swap_in_folder
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.models.handles import Artifact, Lowered, SearchResult
 from tailorfit.pipeline.host import host_info
-from tailorfit.pipeline.models.model_card import model_card
+from tailorfit.pipeline.models.handles import Artifact, Lowered, SearchResult
 from tailorfit.pipeline.models.loading import load_preprocessor
+from tailorfit.pipeline.models.model_card import model_card
 from tailorfit.pipeline.search.stats import paired_difference
 from tailorfit.targets import get_target
 from tailorfit.targets.timing import measure_interleaved
 
 from .benchmark import synthetic_inputs
+
+ENTRIES = "entries.json"  # in the cache entry: every candidate's metrics, keyed on the branches' cache keys
 
 
 class PackageConfig(PassConfig):
@@ -40,8 +45,8 @@ class PackageConfig(PassConfig):
 
 class Package(Pass):
     name = "package"
+    version = 2  # 2: built in the cache entry, published into the run folder
     Config = PackageConfig
-    cached = False  # it writes into the run directory, which is not content-addressed
 
     def run(self, ctx: PassContext, models: list[Lowered], searches: list[SearchResult] = ()) -> Artifact:
         groups: dict[str, dict[str, Lowered]] = {}
@@ -49,17 +54,11 @@ class Package(Pass):
             if m.target in groups.setdefault(m.candidate, {}):
                 raise TailorfitError(f"two branches produce candidate '{m.candidate}' for {m.target}", "give the branches different policies or precisions")
             groups[m.candidate][m.target] = m
-        tmp = ctx.run_dir / ".candidates.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        manifest = ctx.extras.get("manifest", {})
-        steps_by_key = {s["key"]: sid for sid, s in manifest.get("steps", {}).items() if "key" in s}
-        summary = {}
-        timer = _PairedTimer(self.config.latency_rounds, ctx.threads, ctx.seed)
+        entries, timer = {}, _PairedTimer(self.config.latency_rounds, ctx.threads, ctx.seed)
         for cand, by_target in sorted(groups.items()):
-            folder = tmp / cand
-            folder.mkdir()
+            folder = ctx.work_dir / "candidates" / cand
+            folder.mkdir(parents=True)
             source = next(iter(by_target.values())).source
             load_preprocessor(source).save_pretrained(folder)
             shutil.copy2(source.path / "config.json", folder / "config.json")
@@ -71,32 +70,52 @@ class Package(Pass):
                 dest = folder / target.folder
                 dest.mkdir()
                 for f in m.files:
-                    _place(f, dest / f.name, self.config.link)
-                metrics = {
-                    "step": steps_by_key.get(m.key, ""), "runtime": target.runtime, "files": [f"{target.folder}/{f.name}" for f in m.files],
+                    _place(f, dest / f.name, link=True)
+                entry["targets"][target_name] = {
+                    "branch_key": m.key, "runtime": target.runtime, "files": [f"{target.folder}/{f.name}" for f in m.files],
                     "size_mb": round(m.size_bytes() / 2**20, 3),
                     "precision": m.precision, "inference_precision": m.inference_precision, "policy": m.policy, **m.metrics,
                     **_versus_baselines(m, groups, timer),
                 }
-                entry["targets"][target_name] = metrics
-            (folder / "metrics.json").write_text(json.dumps(entry, indent=2, default=str))
-            (folder / "README.md").write_text(model_card(entry, manifest))
-            summary[cand] = entry
-        final = swap_in_folder(tmp, ctx.run_dir / "candidates")
-        if searches:
-            reports = ctx.run_dir / ".search.partial"
+            entries[cand] = entry
+        for search in searches:
+            dest = ctx.work_dir / "search" / search.key
+            dest.mkdir(parents=True)
+            for f in sorted(search.path.iterdir()):
+                if f.is_file() and f.name != "handle.json":
+                    _place(f, dest / f.name, link=True)
+        (ctx.work_dir / ENTRIES).write_text(json.dumps(entries, indent=2, default=str))
+        return Artifact(path=ctx.work_dir, candidates=sorted(entries))
+
+    def publish(self, ctx: PassContext, handle: Artifact) -> Artifact:
+        """Link the built candidates into the run folder, naming steps and writing model cards from this run's manifest."""
+        built, run_dir = handle.path, ctx.run_dir
+        steps_by_key = {s["key"]: sid for sid, s in ctx.manifest.get("steps", {}).items() if "key" in s}
+        entries = json.loads((built / ENTRIES).read_text())
+        tmp = run_dir / ".candidates.partial"
+        _link_tree(built / "candidates", tmp, self.config.link)
+        for cand, entry in entries.items():
+            for metrics in entry["targets"].values():
+                metrics["step"] = steps_by_key.get(metrics.pop("branch_key"), "")
+            (tmp / cand / "metrics.json").write_text(json.dumps(entry, indent=2, default=str))
+            (tmp / cand / "README.md").write_text(model_card(entry, ctx.manifest))
+        final = swap_in_folder(tmp, run_dir / "candidates")
+        if (built / "search").is_dir():
+            reports = run_dir / ".search.partial"
             shutil.rmtree(reports, ignore_errors=True)
-            reports.mkdir()
-            for search in searches:
-                dest = reports / steps_by_key.get(search.key, search.key)
-                dest.mkdir()
-                for f in sorted(search.path.iterdir()):
-                    if f.is_file() and f.name != "handle.json":
-                        _place(f, dest / f.name, self.config.link)
-            swap_in_folder(reports, ctx.run_dir / "search")
-        (ctx.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
-        ctx.log.info("packaged %d candidates in %s", len(summary), final)
-        return Artifact(path=ctx.run_dir, candidates=sorted(summary))
+            for search in sorted((built / "search").iterdir()):
+                _link_tree(search, reports / steps_by_key.get(search.name, search.name), self.config.link)
+            swap_in_folder(reports, run_dir / "search")
+        (run_dir / "metrics.json").write_text(json.dumps(entries, indent=2, default=str))
+        ctx.log.info("packaged %d candidates in %s", len(entries), final)
+        return handle.model_copy(update={"path": run_dir})
+
+
+def _link_tree(src: Path, dst: Path, link: bool) -> None:
+    """``dst`` made anew as a copy of ``src`` whose files are hard links (or copies) of ``src``'s."""
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dst, copy_function=lambda a, b: _place(Path(a), Path(b), link))
 
 
 def _place(src: Path, dst: Path, link: bool) -> None:

@@ -110,7 +110,6 @@ class Pass:
     Config: ClassVar[type[PassConfig]] = PassConfig
     packages: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[int] = 1
-    cached: ClassVar[bool] = True
     # reads only the folders its input handles point into and writes only its work_dir, so on a distributed
     # executor it may run as a task on another node beside other such steps (pipeline/step_tasks.py)
     portable: ClassVar[bool] = False

@@ -140,12 +140,12 @@ class _Run:
         return _Step(sid, p, inputs, key, {"pass": p.name, "config": p.config.model_dump(mode="json"), "inputs": node.wiring, "key": key})
 
     def _cached(self, step: _Step) -> Handle | None:
-        return self.cache.lookup(step.pass_.name, step.key) if step.pass_.cached and step.sid not in self.forced else None
+        return self.cache.lookup(step.pass_.name, step.key) if step.sid not in self.forced else None
 
     def _cached_or_claimed(self, step: _Step, held: contextlib.ExitStack) -> Handle | None:
         """The step's cached handle, or None with the entry's lock held (in ``held``) while this run produces it."""
         handle = self._cached(step)
-        if handle is None and step.pass_.cached:
+        if handle is None:
             held.enter_context(self.cache.claim(step.pass_.name, step.key))
             handle = self._cached(step)  # another run sharing the cache may have made it while this one waited
         step.record["cache_hit"] = handle is not None

@@ -160,3 +160,9 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     return _save_tiny(tmp_path_factory, "tiny-gpt2", "gpt2", lambda vocab: GPT2LMHeadModel(GPT2Config(
         vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128, eos_token_id=5, bos_token_id=5,
     )))
+
+
+@pytest.fixture(scope="session")
+def save_tiny(tmp_path_factory):
+    """``save_tiny(name, tokenizer_kind, build)``: a model folder made as the tiny fixtures above make theirs."""
+    return lambda name, tokenizer_kind, build: _save_tiny(tmp_path_factory, name, tokenizer_kind, build)

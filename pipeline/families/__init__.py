@@ -1,31 +1,90 @@
-"""Model families: where a transformer keeps its layers and linear groups.
+"""Model families: everything tailorfit knows about one architecture, one module per family.
 
-One small adapter per architecture family; everything else in tailorfit is generic. To add a
-family, add a ``ModelFamily`` to ``FAMILIES`` with the ``model_type`` values it covers.
+A family says where a transformer keeps its layers and linear groups, which config keys state its shape,
+which tensors it takes and what is odd about its cost; everything else in tailorfit is generic. To add a
+family, write a module here that calls ``register(ModelFamily(...))`` and import it at the bottom of this file.
+Importing this package does not import torch, so plain-data modules (``supernet/space.py``) can use it.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from tailorfit.pipeline.errors import TailorfitError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 LINEAR_GROUPS = ("qkv", "attn_out", "ffn_up", "ffn_down")
 
 
 @dataclass(frozen=True)
+class ConfigKeys:
+    """The config.json keys that state a family's shape."""
+
+    layers: str
+    hidden: str
+    heads: str
+    ffn: str
+    kv_heads: str | None = None  # grouped-query attention; without it every query head has its own KV head
+    head_dim: str | None = None  # without it the head size is hidden / heads (and cannot be stated apart from them)
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     name: str
-    model_types: tuple[str, ...]
+    model_types: tuple[str, ...]  # the Hugging Face model_type values it covers
     layers: str  # dotted suffix of the ModuleList holding the transformer layers
-    groups: dict[str, tuple[str, ...]]  # linear group -> linear module paths relative to a layer
-    kind: str  # "encoder" or "decoder"
+    groups: dict[str, tuple[str, ...]]  # linear group -> linear module paths relative to a layer (Q, K, V in that order, or one fused)
+    kind: Literal["encoder", "decoder"]
+    modality: Literal["text", "image"]
     attention: str  # the attention module (relative to a layer) whose own products (QK^T, AV) follow the qkv precision
+    config_keys: ConfigKeys
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask")
+    # attributes of the attention module that its forward reshapes by, rather than by -1: activate sets them
+    head_count_attributes: tuple[str, ...] = ()  # to the query-head count
+    head_width_attributes: tuple[str, ...] = ()  # to query heads x head size
+
+    @property
+    def task(self) -> str:
+        """The task tailorfit runs this family for."""
+        return "causal-lm" if self.kind == "decoder" else f"{self.modality}-classification"
+
+    def num_layers(self, config: Mapping[str, Any]) -> int:
+        key = self.config_keys.layers
+        if key not in config:
+            raise TailorfitError(f"the {self.name} model's config states no layer count", f"add {key} to config.json")
+        return int(config[key])
+
+    def ffn_size(self, config: Mapping[str, Any]) -> int:
+        return int(config[self.config_keys.ffn])
+
+    def dims(self, config: Mapping[str, Any]) -> dict[str, int]:
+        """The shape a search space is built over, from a config dict."""
+        keys = self.config_keys
+        hidden, heads = int(config[keys.hidden]), int(config[keys.heads])
+        kv_heads = config.get(keys.kv_heads) if keys.kv_heads else None
+        head_dim = config.get(keys.head_dim) if keys.head_dim else None
+        return {
+            "num_layers": self.num_layers(config), "hidden_size": hidden, "num_heads": heads,
+            "num_kv_heads": int(kv_heads or heads), "head_dim": int(head_dim or hidden // heads), "ffn_size": self.ffn_size(config),
+        }
+
+    def input_names(self, config: Mapping[str, Any]) -> list[str]:
+        """The tensors the model is exported with, in order."""
+        return list(self.inputs)
+
+    def embedding_params(self, model: nn.Module) -> int:
+        """Parameters of the input embeddings (the part the decoder perplexity proxy leaves out)."""
+        from torch import nn
+
+        return sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False))
 
     def layer_list(self, model: nn.Module) -> tuple[str, nn.ModuleList]:
         """The layers' ModuleList and its path in ``model`` (task heads add prefixes like ``bert.``)."""
+        from torch import nn
+
         found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and (n == self.layers or n.endswith("." + self.layers))]
         if not found:
             raise TailorfitError(f"no '{self.layers}' layer list in this {self.name} model", "the model does not match its declared family")
@@ -45,46 +104,40 @@ class ModelFamily:
         return None
 
 
-_BERT_GROUPS = {
-    "qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
-    "attn_out": ("attention.output.dense",),
-    "ffn_up": ("intermediate.dense",),
-    "ffn_down": ("output.dense",),
-}
+_registered: list[ModelFamily] = []
 
-FAMILIES: tuple[ModelFamily, ...] = (
-    ModelFamily("bert", ("bert", "roberta", "xlm-roberta", "camembert"), "encoder.layer", _BERT_GROUPS, "encoder", "attention.self"),
-    ModelFamily(
-        "vit", ("vit",), "encoder.layer",
-        {**_BERT_GROUPS, "qkv": ("attention.attention.query", "attention.attention.key", "attention.attention.value")}, "encoder", "attention.attention",
-    ),
-    ModelFamily(
-        "llama", ("llama", "mistral", "qwen2", "qwen3"), "layers",
-        {
-            "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-            "attn_out": ("self_attn.o_proj",),
-            "ffn_up": ("mlp.gate_proj", "mlp.up_proj"),
-            "ffn_down": ("mlp.down_proj",),
-        },
-        "decoder", "self_attn",
-    ),
-    ModelFamily(
-        "gpt2", ("gpt2",), "h",
-        {"qkv": ("attn.c_attn",), "attn_out": ("attn.c_proj",), "ffn_up": ("mlp.c_fc",), "ffn_down": ("mlp.c_proj",)}, "decoder", "attn",
-    ),
-)
+
+def register(family: ModelFamily) -> ModelFamily:
+    """Add a family to the registry; each family module calls it once, at import."""
+    taken = {t for f in _registered for t in f.model_types}
+    if family.name in {f.name for f in _registered} or taken & set(family.model_types):
+        raise ValueError(f"family '{family.name}' repeats a registered name or model_type")
+    _registered.append(family)
+    return family
+
+
+def _supported() -> str:
+    return ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES)
 
 
 def family_for(model_type: str) -> ModelFamily:
     for fam in FAMILIES:
         if model_type in fam.model_types:
             return fam
-    supported = ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES)
     raise TailorfitError(
         f"unsupported architecture '{model_type}'",
-        f"supported families: {supported}; add a ModelFamily in pipeline/families.py for a new one",
+        f"supported families: {_supported()}; add a module in pipeline/families/ for a new one",
     )
 
 
 def family_by_name(name: str) -> ModelFamily:
-    return next(f for f in FAMILIES if f.name == name)
+    for fam in FAMILIES:
+        if fam.name == name:
+            return fam
+    raise TailorfitError(f"unknown model family '{name}'", f"use one of: {_supported()}; add a module in pipeline/families/ for a new one")
+
+
+# The family modules build on the base above and register in this order; a new family is one more name here.
+from tailorfit.pipeline.families import bert, vit, llama, gpt2, distilbert  # noqa: E402,F401
+
+FAMILIES: tuple[ModelFamily, ...] = tuple(_registered)

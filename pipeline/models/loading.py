@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.families import family_for
+from tailorfit.pipeline.families import family_by_name, family_for
 from tailorfit.pipeline.models.handles import HFModel
 
 TASKS = ("text-classification", "causal-lm", "image-classification")
@@ -24,19 +24,13 @@ def read_config(path: Path) -> dict[str, Any]:
     return json.loads(cfg.read_text())
 
 
-def num_layers(config: dict[str, Any]) -> int:
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if key in config:
-            return int(config[key])
-    raise TailorfitError("the model config states no layer count", "add num_hidden_layers to config.json")
-
-
 def layer_count(path: Path) -> int:
     """Transformer layers of a model folder; a sub-network's config.json may describe its super-network."""
     arch = path / ARCHITECTURE
     if arch.is_file():
         return sum(layer["keep"] for layer in json.loads(arch.read_text())["subnet"]["layers"])
-    return num_layers(read_config(path))
+    config = read_config(path)
+    return family_for(config.get("model_type", "?")).num_layers(config)
 
 
 def auto_class(task: str):
@@ -63,7 +57,6 @@ def _load_subnet(handle: HFModel) -> nn.Module:
     from transformers import AutoConfig
 
     from tailorfit.pipeline.supernet.elastic import ElasticModel
-    from tailorfit.pipeline.families import family_by_name
     from tailorfit.pipeline.supernet.space import SearchSpace, SubnetConfig
 
     arch = json.loads((handle.path / ARCHITECTURE).read_text())
@@ -96,13 +89,8 @@ def load_preprocessor(handle: HFModel):
 
 def input_names(model: nn.Module, handle: HFModel) -> list[str]:
     """The tensors the exported graph takes, in order."""
-    if handle.task == "image-classification":
-        return ["pixel_values"]
     accepted = inspect.signature(model.forward).parameters
-    names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in accepted and handle.family == "bert" and read_config(handle.path).get("type_vocab_size", 0) > 1:
-        names.append("token_type_ids")
-    return names
+    return [n for n in family_by_name(handle.family).input_names(model.config.to_dict()) if n in accepted]
 
 
 class ExportWrapper(nn.Module):
@@ -151,9 +139,8 @@ def model_facts(path: Path, task: str, config: dict[str, Any] | None = None) -> 
         raise TailorfitError(f"unsupported task '{task}'", f"use one of: {', '.join(TASKS)}")
     config = config or read_config(path)
     family = family_for(config.get("model_type", "?"))
-    if task == "causal-lm" and family.kind != "decoder" or task != "causal-lm" and family.kind == "decoder":
-        raise TailorfitError(f"task '{task}' does not fit a {family.name} model", "use causal-lm for decoders, a classification task for encoders")
-    if task == "image-classification" and family.name != "vit" or task == "text-classification" and family.name == "vit":
-        raise TailorfitError(f"task '{task}' does not fit a {family.name} model", "use image-classification for ViT, text-classification for text encoders")
-    return {"family": family.name, "num_layers": layer_count(path) if (path / ARCHITECTURE).is_file() else num_layers(config), "model_type": config["model_type"], "task": task}
+    if task != family.task:
+        raise TailorfitError(f"task '{task}' does not fit a {family.name} model", f"use task: {family.task} for {family.name} models")
+    layers = layer_count(path) if (path / ARCHITECTURE).is_file() else family.num_layers(config)
+    return {"family": family.name, "num_layers": layers, "model_type": config["model_type"], "task": task}
 

@@ -32,9 +32,6 @@ class CostModel(BaseModel):
         linear_params = sum(p.numel() for mods in linear.values() for m in mods for p in m.parameters())
         layer_params = sum(p.numel() for p in layer.parameters())
         total = sum(p.numel() for p in model.parameters())
-        embeddings = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False))
-        if fam.name == "vit":  # patch projection and position table
-            embeddings = sum(p.numel() for n, p in model.named_parameters() if ".embeddings." in f".{n}")
         head_tok = head_seq = 0
         layer_names = {n for n, _ in model.named_modules() if n.startswith(fam.layer_list(model)[0] + ".")}
         for name, m in model.named_modules():
@@ -47,7 +44,7 @@ class CostModel(BaseModel):
             hidden=s.hidden_size, head_dim=s.head_dim, group_size=s.group_size, up_projections=len(fam.groups["ffn_up"]),
             biases={g: mods[0].bias is not None for g, mods in linear.items()},
             layer_other_params=layer_params - linear_params, fixed_params=total - layer_params * len(elastic.layers),
-            embedding_params=embeddings, head_macs_per_token=head_tok, head_macs_per_sequence=head_seq,
+            embedding_params=fam.embedding_params(model), head_macs_per_token=head_tok, head_macs_per_sequence=head_seq,
         )
 
     def _layer_linear(self, heads: int, ffn: int) -> tuple[int, int]:

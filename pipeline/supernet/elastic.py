@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tailorfit.pipeline.families import ModelFamily
+from tailorfit.pipeline.families import LINEAR_GROUPS, ModelFamily
 from tailorfit.pipeline.supernet.space import SearchSpace, SubnetConfig
 
 
@@ -128,7 +128,7 @@ class ElasticModel:
         self._list_parent = model.get_submodule(parent_path) if parent_path else model
         self.layers: list[nn.Module] = list(layers)
         for layer in self.layers:
-            for group in ("qkv", "attn_out", "ffn_up", "ffn_down"):
+            for group in LINEAR_GROUPS:
                 for rel in family.groups[group]:
                     parent_rel, _, attr = rel.rpartition(".")
                     parent = layer.get_submodule(parent_rel) if parent_rel else layer
@@ -159,12 +159,10 @@ class ElasticModel:
             for down in self._linears(layer, "ffn_down"):
                 down.active_in = choice.ffn
             attention = layer.get_submodule(self.family.attention)
-            for attr in ("num_attention_heads", "num_heads"):  # modules that reshape by head count rather than -1
-                if hasattr(attention, attr):
-                    setattr(attention, attr, choice.heads)
-            for attr in ("all_head_size", "split_size"):
-                if hasattr(attention, attr):
-                    setattr(attention, attr, q_width)
+            for attr in self.family.head_count_attributes:
+                setattr(attention, attr, choice.heads)
+            for attr in self.family.head_width_attributes:
+                setattr(attention, attr, q_width)
         setattr(self._list_parent, self._list_attr, nn.ModuleList([self.layers[i] for i in config.kept()]))
         self.active = config
 

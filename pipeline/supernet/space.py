@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.families import family_for
 
 
 class LayerChoice(BaseModel):
@@ -86,16 +87,8 @@ class SearchSpace(BaseModel):
 
 
 def model_dims(config: Any) -> dict[str, int]:
-    heads = getattr(config, "num_attention_heads", None) or config.n_head
-    hidden = getattr(config, "hidden_size", None) or config.n_embd
-    return {
-        "num_layers": getattr(config, "num_hidden_layers", None) or config.n_layer,
-        "hidden_size": hidden,
-        "num_heads": heads,
-        "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
-        "head_dim": getattr(config, "head_dim", None) or hidden // heads,
-        "ffn_size": getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden,
-    }
+    """Layers, width, heads, KV heads, head size and FFN width of a Hugging Face config, read with its family's keys."""
+    return family_for(config.model_type).dims(config.to_dict())
 
 
 def default_space(config: Any, ffn_step: int = 64, min_layers: int | None = None) -> SearchSpace:
