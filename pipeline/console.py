@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -26,10 +27,10 @@ def setup_logging(quiet: bool = False, debug: bool = False) -> logging.Logger:
     log.propagate = False
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # rich shows tailorfit's own progress; tqdm bars would interleave with it
-    hf_logging.set_verbosity_error()
+    # rich shows tailorfit's own progress; Hugging Face's tqdm bars would interleave with it. Set through the
+    # environment, read when those libraries are first imported, so the machinery imports none of them.
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "debug" if debug else "error")
     return log
 
 
