@@ -47,19 +47,23 @@ def latest_report(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+README_SECTIONS = ("artifacts",)  # the README shows the headline table; the other sections stay in the report
+
+
 def readme_section(report: dict[str, Any], report_path: str) -> str:
-    """The README's results text: when, where, with what, then each section's summary table."""
+    """The README's short results text: when, where, the headline table, and where the rest is."""
     meta = report["meta"]
     host = meta["host"]
-    keys = ("torch", "transformers", "openvino", "nncf", "optimum-intel", "onnxruntime", "neural-compressor-pt")
-    versions = ", ".join(f"{k} {meta['packages'][k]}" for k in keys if k in meta["packages"])
     lines = [
-        f"### Benchmark: `{meta['command']}`, {meta['date']}",
-        f"Generated from [`{report_path}`]({report_path}) by `python -m bench --readme-only`. {host['cpu']}, "
-        f"{host['logical_cores']} logical cores, {meta['threads']} threads, batch 1; {versions}.",
+        f"### Latest results, {meta['date']} (`{meta['command']}`)",
+        f"{host['cpu']}, {host['logical_cores']} logical cores, {meta['threads']} threads, batch 1.",
     ]
-    for section in report["sections"].values():
-        lines += ["", f"#### {section['title']}", "", section["readme"] or section["markdown"]]
+    for name in README_SECTIONS:
+        if name in report["sections"]:
+            section = report["sections"][name]
+            lines += ["", section["readme"] or section["markdown"]]
+    others = ", ".join(s["title"] for n, s in report["sections"].items() if n not in README_SECTIONS)
+    lines += ["", f"Full report{f' ({others})' if others else ''}: [`{report_path}`]({report_path}); older results: [docs/results/](docs/results/README.md)."]
     return "\n".join(lines)
 
 
