@@ -29,6 +29,7 @@ class Benchmark(Pass):
     name = "benchmark"
     Config = BenchmarkConfig
     packages = ()  # the target adds its own (packages_for)
+    keyed_context = ("seed", "threads")  # latency depends on the thread count
 
     def packages_for(self, inputs: dict[str, Any]) -> tuple[str, ...]:
         return (*self.packages, *get_target(inputs["model"].target).packages)

@@ -31,6 +31,7 @@ class Load(Pass):
     name = "load"
     Config = LoadConfig
     packages = ("transformers",)
+    keyed_context = ()  # a copy (or conversion) of the model folder: no seed or thread count changes it
 
     def __init__(self, config: LoadConfig):
         super().__init__(config)

@@ -46,6 +46,7 @@ class PackageConfig(PassConfig):
 class Package(Pass):
     name = "package"
     version = 2  # 2: built in the cache entry, published into the run folder
+    keyed_context = ("seed", "threads")  # it times latency ratios
     Config = PackageConfig
 
     def run(self, ctx: PassContext, models: list[Lowered], searches: list[SearchResult] = ()) -> Artifact:

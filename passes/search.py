@@ -75,6 +75,7 @@ class Search(Pass):
     version = 3  # 3: latency as a ratio to the unpruned FP32 model timed interleaved with each candidate
     Config = SearchConfig
     packages = ("torch", "transformers", "pymoo", "scikit-learn")  # and the target's (packages_for)
+    keyed_context = ("seed", "threads")  # it times candidates
 
     def fingerprint(self) -> str:
         # an explicit store is read: what it holds changes the result

@@ -34,9 +34,10 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def step_key(p: Pass, inputs: dict[str, Handle | list[Handle]], fingerprint: str) -> str:
+def step_key(p: Pass, inputs: dict[str, Handle | list[Handle]], fingerprint: str, context: dict[str, Any] | None = None) -> str:
     """Hash of everything that determines a pass's output; ``fingerprint`` is ``p.fingerprint()``, computed once by the
-    caller. Packages are ``p.packages_for(inputs)``: a target's step depends on that target's runtime only."""
+    caller. Packages are ``p.packages_for(inputs)``: a target's step depends on that target's runtime only. ``context``
+    holds the run's settings (seed, threads), of which ``p.keyed_context`` enter the key."""
     input_keys = {port: [h.key for h in v] if isinstance(v, list) else v.key for port, v in sorted(inputs.items())}
     payload = {
         "pass": p.name,
@@ -44,6 +45,7 @@ def step_key(p: Pass, inputs: dict[str, Handle | list[Handle]], fingerprint: str
         "config": p.config.model_dump(mode="json"),
         "inputs": input_keys,
         "fingerprint": fingerprint,
+        "context": {name: (context or {}).get(name) for name in p.keyed_context},
         "packages": package_versions(p.packages_for(inputs)),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]

@@ -110,6 +110,9 @@ class Pass:
     Config: ClassVar[type[PassConfig]] = PassConfig
     packages: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[int] = 1
+    # the run settings (PassContext fields) its output depends on: they enter the cache key, so a run with another
+    # seed never takes this step's output from a run with the first
+    keyed_context: ClassVar[tuple[str, ...]] = ("seed",)
     # reads only the folders its input handles point into and writes only its work_dir, so on a distributed
     # executor it may run as a task on another node beside other such steps (pipeline/step_tasks.py)
     portable: ClassVar[bool] = False

@@ -133,7 +133,7 @@ class _Run:
             self.log.info("%s: skipped (%s)", sid, inputs)
             return None
         fingerprint = p.fingerprint()  # hashes whole model folders: once per step
-        key = step_key(p, inputs, fingerprint)
+        key = step_key(p, inputs, fingerprint, {"seed": self.seed, "threads": self.threads})
         if fingerprint:
             self.manifest["inputs"][sid] = fingerprint
         self.manifest["packages"] = dict(sorted({**self.manifest["packages"], **package_versions(p.packages_for(inputs))}.items()))

@@ -1,6 +1,7 @@
 """QuantizationPolicy resolution and the content-addressed cache."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,20 @@ def test_two_runs_sharing_a_cache_produce_each_entry_once(tiny_bert, sentences_c
         assert hits == [False, True], (step, hits)
         assert all(m["steps"][step]["produced"]["peak_rss_mb"] > 0 for m in manifests)
     assert not list((tmp_path / "out" / ".cache").glob("*/*.partial"))
+
+
+def test_the_seed_is_in_every_key_that_uses_it(sentences_csv, tmp_path):
+    """Two seeds on one cache: the second must not take the first's split (same config, same data file) from the cache."""
+    from tailorfit.pipeline import run_pipeline
+
+    def run(seed: int):
+        recipe = {"name": f"seed{seed}", "seed": seed, "steps": [{"id": "data", "pass": "dataset", "config": {"path": str(sentences_csv)}}]}
+        return run_pipeline(recipe, out=tmp_path / "out", cache_dir=tmp_path / "cache", quiet=True)
+
+    first, second = run(0), run(1)
+    a, b = first.outputs["data"], second.outputs["data"]
+    assert a.key != b.key and not second.manifest["steps"]["data"]["cache_hit"]
+    ids = lambda d: [json.loads(line)["id"] for line in (d.path / "test.jsonl").read_text().splitlines()]
+    assert ids(a) != ids(b)
+    assert (first.manifest["seed"], second.manifest["seed"]) == (0, 1)
+    assert run(0).outputs["data"].key == a.key  # and the first seed still finds its own
