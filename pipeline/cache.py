@@ -1,6 +1,7 @@
 """The content-addressed cache of pass outputs.
 
-An entry lives at ``<root>/<pass>/<key>/`` with its handle in ``handle.json``. A pass writes
+An entry lives at ``<root>/<pass>/<key>/`` with its handle in ``handle.json`` (paths inside the cache relative to
+its root, so the cache can move). A pass writes
 into ``<key>.partial/`` (kept across a kill, so long passes can resume from checkpoints in it)
 and the folder is renamed into place only when the pass returns: an entry either exists
 whole or not at all. A run producing an entry holds its lock, so runs sharing a cache never share a partial folder.
@@ -81,7 +82,7 @@ class Cache:
         if not record.is_file():
             return None
         data = json.loads(record.read_text())
-        handle = HANDLE_KINDS[data.pop("kind")].model_validate(data)
+        handle = HANDLE_KINDS[data.pop("kind")].model_validate(data).with_paths(lambda p: self.root / p)  # no-op on absolute paths
         return handle if all(p.exists() for p in handle.paths()) else None
 
     @contextlib.contextmanager
@@ -108,7 +109,10 @@ class Cache:
         """Move a finished pass's folder into place and return the handle pointing into it."""
         final = self.entry(pass_name, key)
         handle = handle.relocate(work, final).model_copy(update={"key": key})
-        write_json_atomic(work / "handle.json", {"kind": handle.kind, **handle.model_dump(mode="json")})
+        # paths into the cache are stored relative to its root, so a cache copied elsewhere (another folder, CI job or
+        # node) still answers; paths outside it (an installed model, the user's data file) stay as they are
+        stored = handle.with_paths(lambda p: p.relative_to(self.root) if p.is_relative_to(self.root) else p)
+        write_json_atomic(work / "handle.json", {"kind": handle.kind, **stored.model_dump(mode="json")})
         if final.exists():  # a forced re-run replaces the old entry
             stale = final.with_name(f"{key}.stale{os.getpid()}")
             os.replace(final, stale)
