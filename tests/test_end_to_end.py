@@ -51,6 +51,23 @@ def test_artifact_layout_and_metrics(classification_run):
     assert manifest["host"]["cpu"] and manifest["packages"]["openvino"] and manifest["inputs"]["model"]
 
 
+def test_a_moved_cache_answers_every_step(classification_run, tiny_bert, sentences_csv, tmp_path):
+    """A finished cache copied to another folder (another CI job, a Ray node): a re-run from the copy takes every step
+    from it, and every path it hands out lies inside the copy."""
+    import shutil
+
+    out, first = classification_run
+    moved = tmp_path / "elsewhere" / "cache"
+    shutil.copytree(out / ".cache", moved, symlinks=True)
+    for entry in moved.glob("*/*/handle.json"):
+        assert str(out) not in entry.read_text()  # nothing points back at the old place
+    again = run_pipeline(classification_recipe(tiny_bert, sentences_csv), out=tmp_path / "out", cache_dir=moved, quiet=True)
+    assert all(s["cache_hit"] for s in again.manifest["steps"].values())
+    int8 = again.outputs["openvino-int8-bench"]
+    assert int8.files[0].is_relative_to(moved) and int8.source.path.is_relative_to(moved)
+    assert (again.run_dir / "candidates" / "tiny-int8" / "openvino" / "model.xml").is_file()
+
+
 def test_second_run_hits_the_cache_and_force_reruns_downstream(classification_run, tiny_bert, sentences_csv):
     out, first = classification_run
     second = run_pipeline(classification_recipe(tiny_bert, sentences_csv), out=out, quiet=True)
