@@ -8,8 +8,9 @@ Importing this package does not import torch, so plain-data modules (``supernet/
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from tailorfit.pipeline.errors import TailorfitError
 

@@ -1,7 +1,8 @@
 """BERT and the encoders that share its module layout: RoBERTa, XLM-RoBERTa, CamemBERT."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tailorfit.pipeline.families import ConfigKeys, ModelFamily, register
 

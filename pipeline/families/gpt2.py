@@ -1,7 +1,8 @@
 """GPT-2: fused Q|K|V in one Conv1D (weights stored transposed)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tailorfit.pipeline.families import ConfigKeys, ModelFamily, register
 
