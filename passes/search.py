@@ -18,6 +18,8 @@ A killed search resumes from the store: the search replays deterministically, an
 from __future__ import annotations
 
 import functools
+import os
+import pickle
 import shutil
 import sqlite3
 from pathlib import Path
@@ -38,7 +40,7 @@ from tailorfit.targets import TARGETS
 
 from .extract import Extract, ExtractConfig
 from .lower import Lower, LowerConfig
-from .search_tasks import TaskSettings, build_and_score, time_latency
+from .search_tasks import BuiltCandidate, TaskSettings, Timed, build_and_score, time_latency
 
 
 class SearchConfig(PassConfig, SearchSettings):
@@ -112,6 +114,7 @@ class Search(Pass):
             report = write_report(ctx.work_dir, history, store, c, baselines, final=True)
         finally:
             store.close()
+        shutil.rmtree(ctx.work_dir / "built", ignore_errors=True)  # builds awaiting latency: none left once the search is done
         if c.store:  # keep this run's copy beside its report: the handle must point into the cache
             with sqlite3.connect(store_path) as src, sqlite3.connect(ctx.work_dir / "evaluations.sqlite") as dst:
                 src.backup(dst)
@@ -185,7 +188,11 @@ class CandidateEvaluator:
         return self.ctx.child(f"{self.ctx.step_id}:reference", work)
 
     def measured(self, genome: Genome, store: EvaluationStore, genomes: list[np.ndarray], role: str, bar: ProgressTask) -> list[dict[str, Any]]:
-        """The stored records of these genomes' candidates, measuring the new ones first (in parallel where the executor allows)."""
+        """The stored records of these genomes' candidates, measuring the new ones first (in parallel where the executor allows).
+
+        Nothing measured is lost to a kill: each build is kept in the step's folder as soon as it finishes (a resumed
+        search times it without building it again), and each candidate enters the store as soon as it and every
+        candidate before it in the batch are timed, so the store keeps candidate order."""
         candidates = [genome.decode(g) for g in genomes]
         new: dict[str, tuple[Candidate, np.ndarray]] = {}
         for candidate, g in zip(candidates, genomes):
@@ -193,11 +200,47 @@ class CandidateEvaluator:
                 new.setdefault(candidate.id, (candidate, genome.canonical(g)))
         if not new:
             return [store.get(candidate.id) for candidate in candidates]
-        executor = self.ctx.executor
-        built = executor.map(build_and_score, [candidate for candidate, _ in new.values()], self.build_args, on_done=lambda: bar.advance(0.5))
-        timed = executor.map(time_latency, built, self.latency_args, resources={self.config.target: 1}, on_done=lambda: bar.advance(0.5))
-        for (candidate, canonical), b, t in zip(new.values(), built, timed):
-            metrics = {**b.metrics, **t.metrics, "seconds_by_stage": {**b.metrics["seconds_by_stage"], "latency": round(t.seconds, 3)}}
-            store.add(candidate, canonical.tolist(), metrics, b.seconds + t.seconds, role)
+        kept = _KeptBuilds(self.ctx.work_dir / "built")
+        todo = [candidate for candidate, _ in new.values() if not kept.has(candidate.id)]
+        bar.advance(0.5 * (len(new) - len(todo)))
+        self.ctx.executor.map(build_and_score, todo, self.build_args, on_result=lambda i, b: (kept.add(b), bar.advance(0.5)))
+        order, timed, stored = list(new.values()), {}, []
+
+        def store_ready(i: int, t: Timed) -> None:
+            timed[i] = t
+            bar.advance(0.5)
+            while len(stored) < len(order) and len(stored) in timed:
+                (candidate, canonical), t = order[len(stored)], timed[len(stored)]
+                b = kept.get(candidate.id)
+                metrics = {**b.metrics, **t.metrics, "seconds_by_stage": {**b.metrics["seconds_by_stage"], "latency": round(t.seconds, 3)}}
+                store.add(candidate, canonical.tolist(), metrics, b.seconds + t.seconds, role)
+                kept.remove(candidate.id)
+                stored.append(candidate.id)
+
+        self.ctx.executor.map(time_latency, [kept.get(c.id) for c, _ in order], self.latency_args, resources={self.config.target: 1}, on_result=store_ready)
         return [store.get(candidate.id) for candidate in candidates]
 
+
+class _KeptBuilds:
+    """Built candidates waiting for their latency, one pickle each in the step's folder (kept across a kill)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(exist_ok=True)
+
+    def _path(self, candidate: str) -> Path:
+        return self.folder / f"{candidate}.pkl"
+
+    def has(self, candidate: str) -> bool:
+        return self._path(candidate).is_file()
+
+    def add(self, built: BuiltCandidate) -> None:
+        tmp = self.folder / f".{built.candidate}.tmp"
+        tmp.write_bytes(pickle.dumps(built))
+        os.replace(tmp, self._path(built.candidate))
+
+    def get(self, candidate: str) -> BuiltCandidate:
+        return pickle.loads(self._path(candidate).read_bytes())
+
+    def remove(self, candidate: str) -> None:
+        self._path(candidate).unlink()

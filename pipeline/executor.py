@@ -95,13 +95,14 @@ def unpack_folder(archive: np.ndarray, folder: Path) -> None:
 
 
 class Executor:
-    """``map`` runs ``fn(item, **shared_args)`` for every item and returns the results in input order."""
+    """``map`` runs ``fn(item, **shared_args)`` for every item and returns the results in input order; ``on_result(i, result)``
+    is called as each finishes (in any order), so a caller can keep each result before the others are done."""
 
     spec: str
     distributed = False  # whether independent recipe steps are worth handing over together (pipeline/step_tasks.py)
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], shared_args: dict[str, Any] | None = None,
-            resources: dict[str, float] | None = None, on_done: Callable[[], None] | None = None) -> list[Any]:
+            resources: dict[str, float] | None = None, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
         raise NotImplementedError
 
     def share(self, folder: Path) -> Any:
@@ -114,12 +115,12 @@ class Executor:
 class LocalExecutor(Executor):
     spec = "local"
 
-    def map(self, fn, items, shared_args=None, resources=None, on_done=None):
+    def map(self, fn, items, shared_args=None, resources=None, on_result=None):
         out = []
-        for item in items:
+        for i, item in enumerate(items):
             out.append(fn(item, **(shared_args or {})))
-            if on_done:
-                on_done()
+            if on_result:
+                on_result(i, out[-1])
         return out
 
     def share(self, folder: Path) -> Shipped:
@@ -158,7 +159,7 @@ class RayExecutor(Executor):
                                  "start it with `ray start --head` or fix --executor") from None
         self._owned = True
 
-    def map(self, fn, items, shared_args=None, resources=None, on_done=None):
+    def map(self, fn, items, shared_args=None, resources=None, on_result=None):
         if not items:
             return []
         self._connect()
@@ -169,12 +170,13 @@ class RayExecutor(Executor):
         if remote is None:
             remote = self._remote[fn] = ray.remote(max_retries=_MAX_RETRIES)(fn)
         refs = [remote.options(resources=resources or {}).remote(item, **(shared_args or {})) for item in items]
+        index = {ref: i for i, ref in enumerate(refs)}
         pending = list(refs)
-        while pending:
-            _, pending = ray.wait(pending, num_returns=1)
-            if on_done:
-                on_done()
         try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                if on_result:
+                    on_result(index[done[0]], ray.get(done[0]))
             return ray.get(refs)
         except ray.exceptions.RayTaskError as err:
             if err.cause is None:

@@ -212,7 +212,7 @@ class _Run:
                 tasks.append(StepTask(step.sid, step.pass_, step.inputs, [self.shipped[f] for f in folders], self.seed, self.threads))
             t0 = time.perf_counter()
             with self.display.task(f"{len(todo)} steps on {self.pool.spec}", len(todo)) as bar:
-                outcomes = self.pool.map(run_step, tasks, resources=todo[0].pass_.resources(**todo[0].inputs), on_done=lambda: bar.advance(1))
+                outcomes = self.pool.map(run_step, tasks, resources=todo[0].pass_.resources(**todo[0].inputs), on_result=lambda i, r: bar.advance(1))
             failure = None
             for step, outcome in zip(todo, outcomes):
                 step.record["ran_as_task"] = {"node": outcome.node, "started": round(outcome.started, 3)}

@@ -307,3 +307,31 @@ def test_sampled_genomes_are_canonical_and_spread_by_depth_or_near_the_unpruned_
     assert 0.7 < np.mean(changed) < 1.3  # one layer in expectation
     depths = np.array([len(genome.decode(g).subnet.kept()) for g in genome.sample(rng, 300, near_largest=0.0)])
     assert all(60 < (depths == d).sum() < 140 for d in (2, 3, 4))  # depth uniform over min_layers..layers
+
+
+def test_a_search_killed_mid_batch_redoes_at_most_the_candidate_in_flight(tiny_bert, sentences_csv, tmp_path):
+    """Killed while its first batch is being built, a search resumed from its folder builds none of the candidates it
+    had finished building again: their build timings in the store are the ones kept before the kill."""
+    import pickle
+
+    recipe = _search_recipe(tiny_bert, sentences_csv, budget=6, initial=5, batch=1)
+    recipe["steps"] = [s for s in recipe["steps"] if s["id"] in ("model", "data", "ft", "supernet", "search")]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cmd = [sys.executable, "-m", "tailorfit.pipeline.cli", "run", str(path), "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    built = tmp_path / "out" / ".cache" / "search"
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(built.glob("*.partial/built/*.pkl"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = {p.stem: pickle.loads(p.read_bytes()).metrics["seconds_by_stage"] for p in built.glob("*.partial/built/*.pkl")}
+    assert len(kept) >= 2, "the kill came too late or too early"
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-2000:]
+    store = next(built.glob("*/evaluations.sqlite"))
+    rows = {cid: json.loads(m)["seconds_by_stage"] for cid, m in sqlite3.connect(store).execute("SELECT id, metrics FROM candidates")}
+    for cid, stages in kept.items():  # the same build, timed after the resume: not measured again
+        assert {k: v for k, v in rows[cid].items() if k != "latency"} == stages
+    assert not list(built.glob("*/built"))  # nothing waiting is left in the finished entry

@@ -24,9 +24,9 @@ class WavesInProcess(LocalExecutor):
     def __init__(self):
         self.waves: list[list[str]] = []
 
-    def map(self, fn, items, shared_args=None, resources=None, on_done=None):
+    def map(self, fn, items, shared_args=None, resources=None, on_result=None):
         self.waves.append([item.step_id for item in items])
-        return super().map(fn, items, shared_args, resources, on_done)
+        return super().map(fn, items, shared_args, resources, on_result)
 
 
 @pytest.fixture(scope="module")
