@@ -1,6 +1,7 @@
 """The dataset split and fine-tuning, including resuming a fine-tune killed mid-way."""
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -100,3 +101,8 @@ def test_killed_finetune_resumes_from_its_checkpoint(tiny_bert, sentences_csv, t
     assert len(finished) == 1 and (finished[0] / "handle.json").is_file()
     log = json.loads((finished[0] / "train_log.json").read_text())
     assert len(log["loss"]) == 400  # the history spans the kill: nothing redone, nothing lost
+    # bit-exact: the same losses and the same weight bytes as a run that was never killed (dropout included)
+    clean = run_pipeline(_finetune_recipe(tiny_bert, sentences_csv, 400), out=tmp_path / "clean", quiet=True).outputs["finetune"]
+    assert json.loads((clean.path.parent / "train_log.json").read_text())["loss"] == log["loss"]
+    resumed = finished[0] / clean.path.name / "model.safetensors"
+    assert hashlib.sha256(resumed.read_bytes()).hexdigest() == hashlib.sha256((clean.path / "model.safetensors").read_bytes()).hexdigest()

@@ -1,7 +1,8 @@
 """The training loop shared by fine-tuning passes: batches, AdamW with warm-up, and checkpoints a killed run resumes from.
 
-Resuming reproduces the same batch order (seeded per epoch), so a run killed at step k and resumed
-does exactly the steps a run that was never killed would have done.
+Resuming reproduces the same batch order (seeded per epoch) and restores every random state the steps draw from
+(torch's for dropout, numpy's, Python's), so a run killed at step k and resumed does exactly the steps a run that was
+never killed would have done, to the bit.
 """
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ def train(
             raise TailorfitError(f"the checkpoint {ckpt} was written for another model", "delete that file to start this step afresh") from None
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
+        _set_random_states(saved["random"])
         state = saved["state"]
         ctx.log.info("resuming %s at step %d of %d", description, state["step"], total)
     net.train()
@@ -151,8 +153,15 @@ def _length_bucketed(rows: list[dict[str, Any]], batch_size: int, seed: int) -> 
 
 def _checkpoint(path: Path, net: torch.nn.Module, opt: Any, sched: Any, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state}, tmp)
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state,
+                "random": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}, tmp)
     os.replace(tmp, path)
+
+
+def _set_random_states(saved: dict[str, Any]) -> None:
+    torch.set_rng_state(saved["torch"])
+    np.random.set_state(saved["numpy"])
+    random.setstate(saved["python"])
 
 
 def save_folder_atomic(save: Callable[[Path], None], folder: Path) -> None:
