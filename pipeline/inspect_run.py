@@ -1,4 +1,4 @@
-"""Summaries of a finished run directory: what ``tailorfit inspect`` prints."""
+"""Summaries of a run directory (finished, failed, running or interrupted): what ``tailorfit inspect`` prints."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.run_status import effective_status
 
 
 def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -17,7 +18,7 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
         raise TailorfitError(f"'{run_dir}' has no manifest.json, so it is not a tailorfit run directory", "give a folder like artifacts/<recipe name>")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = effective_status(json.loads(manifest_path.read_text()), run_dir)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     return manifest, metrics
@@ -54,7 +55,8 @@ def print_run(run_dir: str | Path, console: Console | None = None) -> None:
     manifest, metrics = read_run(run_dir)
     hits = sum(1 for s in manifest["steps"].values() if s.get("cache_hit"))
     console.print(
-        f"[bold]{manifest['recipe_name']}[/bold]: {manifest['status']}, started {manifest['started']}, "
+        f"[bold]{manifest['recipe_name']}[/bold]: {manifest['status']}"
+        f"{' after step ' + str(manifest['last_finished_step']) if manifest['status'] == 'interrupted' else ''}, started {manifest['started']}, "
         f"{manifest.get('seconds', '?')} s, {len(manifest['steps'])} steps ({hits} from cache), "
         f"{manifest['threads']} threads on {manifest['host']['cpu']}"
     )

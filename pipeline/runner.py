@@ -21,6 +21,7 @@ from tailorfit.pipeline.graph import Pipeline
 from tailorfit.pipeline.handles import Handle
 from tailorfit.pipeline.host import default_threads, host_info
 from tailorfit.pipeline.recipe import load_recipe
+from tailorfit.pipeline.run_status import HEARTBEAT, Heartbeat, effective_status, this_process
 from tailorfit.pipeline.step_tasks import StepTask, input_folders, run_pass, run_step
 
 COST = "cost.json"  # in a cache entry: seconds and peak memory of the run that produced it
@@ -70,16 +71,17 @@ def run_pipeline(
     threads = parsed.threads or default_threads()
     pool = executor_from(executor or parsed.executor)  # a bad spec or an unreachable address fails here, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = run_dir / "manifest.json"
+    _report_previous(manifest_path, log)
 
     manifest: dict[str, Any] = {
-        "recipe_name": parsed.name, "status": "running", "started": _now(), "recipe": raw,
+        "recipe_name": parsed.name, "status": "running", "started": _now(), "process": this_process(), "heartbeat": HEARTBEAT, "recipe": raw,
         "seed": parsed.seed, "threads": threads, "host": host_info(), "packages": package_versions(CORE_PACKAGES),
         "cache": str(cache.root), "order": pipe.order, "steps": {}, "inputs": {},
     }
-    manifest_path = run_dir / "manifest.json"
     outputs: dict[str, Handle] = {}
     t_run = time.perf_counter()
-    with ProgressDisplay(enabled=not quiet) as display, contextlib.closing(pool):
+    with ProgressDisplay(enabled=not quiet) as display, contextlib.closing(pool), Heartbeat(run_dir):
         manifest["executor"] = pool.spec  # what the spec resolved to: $RAY_ADDRESS, or a local instance
         run = _Run(pipe, cache, forced, manifest, manifest_path, outputs, run_dir, parsed.seed, threads, display, pool, log)
         pending = list(pipe.order)
@@ -258,6 +260,22 @@ class _Run:
         self.manifest["error"] = {"step": step.sid, "message": str(exc) or type(exc).__name__}
         self.manifest["steps"][step.sid] = step.record
         write_json_atomic(self.manifest_path, self.manifest)
+
+
+def _report_previous(manifest_path: Path, log: logging.Logger) -> None:
+    """Say what became of the last run in this folder, when it did not finish."""
+    if not manifest_path.is_file():
+        return
+    try:
+        previous = effective_status(json.loads(manifest_path.read_text()), manifest_path.parent)
+    except (ValueError, OSError):
+        return  # an unreadable old manifest is replaced; it records nothing this run needs
+    if previous.get("status") == "interrupted":
+        log.warning("the previous run here (pid %s on %s) was interrupted after step %s; its finished steps come from the cache",
+                    previous["process"]["pid"], previous["process"]["host"], previous["last_finished_step"] or "none")
+    elif previous.get("status") == "running":
+        log.warning("another run (pid %s on %s) is still writing this folder: the two share the cache safely, but the later one's "
+                    "manifest and candidates replace the other's", previous["process"]["pid"], previous["process"]["host"])
 
 
 def _available_inputs(wiring: dict[str, list[str]], many: set[str], outputs: dict[str, Handle]) -> dict[str, Any] | str:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from conftest import make_sentences
-from tailorfit.pipeline import run_pipeline
+from tailorfit.pipeline import read_run, run_pipeline
 from tailorfit.pipeline.models.data import read_split
 
 
@@ -92,8 +92,15 @@ def test_killed_finetune_resumes_from_its_checkpoint(tiny_bert, sentences_csv, t
     partial = list(cache.glob("*.partial"))
     assert partial and (partial[0] / "checkpoint.pt").is_file(), "no checkpoint before the kill"
     assert not [p for p in cache.iterdir() if not p.name.endswith(".partial")], "the kill came too late: fine-tuning had finished"
+    # the manifest still says running, but its process is gone: inspect and the next run say so
+    run_dir = tmp_path / "out" / "ft"
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
+    manifest, _ = read_run(run_dir)
+    assert manifest["status"] == "interrupted" and manifest["last_finished_step"] == "data"
     second = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
+    assert "previous run here" in second.stderr and "interrupted after step data" in second.stderr
+    assert read_run(run_dir)[0]["status"] == "finished"
     assert "resuming fine-tuning at step" in second.stderr
     resumed_at = int(second.stderr.split("resuming fine-tuning at step")[1].split()[0])
     assert 0 < resumed_at < 400

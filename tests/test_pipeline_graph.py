@@ -124,3 +124,19 @@ def test_every_shipped_recipe_parses_and_wires(path):
     recipe, _ = load_recipe(path)
     pipe = Pipeline(recipe)
     assert pipe.order and all(node in pipe.order for node in pipe.nodes)
+
+
+def test_a_running_run_on_another_host_is_interrupted_once_its_heartbeat_stops(tmp_path):
+    import os
+    import time
+
+    from tailorfit.pipeline.run_status import HEARTBEAT, STALE_SECONDS, effective_status
+
+    manifest = {"status": "running", "process": {"host": "elsewhere", "pid": 1, "started": 0.0}, "order": ["a", "b"], "steps": {"a": {"seconds": 1.0}, "b": {}}}
+    (tmp_path / HEARTBEAT).touch()
+    assert effective_status(manifest, tmp_path)["status"] == "running"
+    old = time.time() - STALE_SECONDS - 5
+    os.utime(tmp_path / HEARTBEAT, (old, old))
+    gone = effective_status(manifest, tmp_path)
+    assert gone["status"] == "interrupted" and gone["last_finished_step"] == "a"
+    assert effective_status({**manifest, "status": "finished"}, tmp_path)["status"] == "finished"
