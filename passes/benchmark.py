@@ -6,6 +6,8 @@ and the CPU load other processes caused while measuring (a busy machine is retri
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from pydantic import Field
 

@@ -40,7 +40,7 @@ class Extract(Pass):
 
     def ensures(self, inputs: PortFacts) -> Facts:
         """The super-network's facts, with the layer count of the sub-network when the recipe names it."""
-        facts = {k: v for k, v in inputs["supernet"].items() if k != "num_layers"}
+        facts = {k: v for k, v in inputs["supernet"].items() if k not in ("num_layers", "dims")}
         if isinstance(self.config.subnet, SubnetConfig):
             facts["num_layers"] = len(self.config.subnet.kept())
         return facts

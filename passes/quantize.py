@@ -52,6 +52,9 @@ class Quantize(Pass):
         return (*self.packages, *get_target(inputs["model"].target).packages)
 
     def requires(self, inputs: PortFacts) -> None:
+        if self.config.policy == "selected" and not inputs["model"].get("selected"):
+            raise TailorfitError("policy 'selected' quantizes a model a search picked, but this one comes from no select step",
+                                 "feed this quantize step from a select step's branch, or give a policy such as int8")
         layers = inputs["model"].get("num_layers")
         if layers is not None and self.config.policy != "selected":
             self._resolve(self.config.policy, layers)

@@ -69,6 +69,8 @@ class SearchConfig(PassConfig, SearchSettings):
             raise ValueError("objectives are listed twice")
         if self.initial > self.budget:
             raise ValueError(f"initial population {self.initial} exceeds the budget {self.budget}")
+        if "fp32" not in self.precisions:
+            raise ValueError("precisions must include fp32: the unpruned FP32 model is every search's reference")
         return self
 
 
@@ -88,6 +90,12 @@ class Search(Pass):
 
     def requires(self, inputs: PortFacts) -> None:
         _refuse_causal_lm(inputs["supernet"].get("task"))
+        store = self.config.store
+        if store is not None:
+            if not store.parent.is_dir():
+                raise TailorfitError(f"the search store's folder {store.parent} does not exist", "create it, or point 'store' at a file in an existing folder")
+            if store.is_dir() or store.exists() and _header(store) != b"SQLite format 3\x00":
+                raise TailorfitError(f"the search store {store} is not an SQLite file", "point 'store' at an evaluations.sqlite a search wrote, or at a new file name")
 
     def run(self, ctx: PassContext, supernet: SuperNet, data: Dataset) -> SearchResult:
         c = self.config
@@ -219,6 +227,11 @@ class CandidateEvaluator:
 
         self.ctx.executor.map(time_latency, [kept.get(c.id) for c, _ in order], self.latency_args, resources={self.config.target: 1}, on_result=store_ready)
         return [store.get(candidate.id) for candidate in candidates]
+
+
+def _header(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(16)
 
 
 class _KeptBuilds:

@@ -44,8 +44,8 @@ class Select(Pass):
     portable = True
 
     def ensures(self, inputs: PortFacts) -> Facts:
-        """The searched model's facts, less its layer count: the pick's is known only after the search."""
-        return {k: v for k, v in inputs["search"].items() if k != "num_layers"}
+        """The searched model's facts, less its shape (the pick's is known only after the search), marked as selected."""
+        return {**{k: v for k, v in inputs["search"].items() if k not in ("num_layers", "dims")}, "selected": True}
 
     def run(self, ctx: PassContext, search: SearchResult) -> HFModel:
         row = self._pick(search.front)

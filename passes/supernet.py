@@ -8,19 +8,19 @@ Post-condition: reordering leaves the full model's outputs unchanged (difference
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 
-from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
+from tailorfit.pipeline.contract import Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.supernet.cost import CostModel
 from tailorfit.pipeline.supernet.elastic import ElasticModel
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.models.handles import HFModel, SuperNet
 from tailorfit.pipeline.models.loading import ExportWrapper, example_inputs, input_names, load_preprocessor, load_torch_model
-from tailorfit.pipeline.supernet.space import SearchSpace, default_space, model_dims
+from tailorfit.pipeline.supernet.space import SearchSpace, model_dims, space_over
 
 
 SIDECARS = ("search_space.json", "cost_model.json", "importance.json")  # files beside the weights that travel with them
@@ -40,10 +40,13 @@ class Supernet(Pass):
     Config = SupernetConfig
     packages = ("torch", "transformers")
 
-    def _space(self, config: Any) -> SearchSpace:
+    def requires(self, inputs: PortFacts) -> None:
+        if "dims" in inputs["model"]:  # the choices are checked against the model's shape before anything runs
+            self._space(inputs["model"]["dims"])
+
+    def _space(self, d: dict[str, int]) -> SearchSpace:
         c = self.config
-        base = default_space(config, c.ffn_step, c.min_layers)
-        d = model_dims(config)
+        base = space_over(d, c.ffn_step, c.min_layers)
         space = base.model_copy(update={
             "head_choices": sorted(set(c.head_choices or base.head_choices)),
             "ffn_choices": sorted(set(c.ffn_choices or base.ffn_choices)),
@@ -61,7 +64,7 @@ class Supernet(Pass):
 
     def run(self, ctx: PassContext, model: HFModel) -> SuperNet:
         net = load_torch_model(model)
-        space = self._space(net.config)
+        space = self._space(model_dims(net.config))
         names = input_names(net, model)
         example = example_inputs(model, net, names)
         wrapper = ExportWrapper(net, names).eval()

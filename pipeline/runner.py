@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from tailorfit.pipeline.cache import Cache, package_versions, step_key, write_json_atomic
 from tailorfit.pipeline.console import ProgressDisplay, setup_logging
 from tailorfit.pipeline.contract import Pass, PassContext
-from tailorfit.pipeline.errors import StepSkipped, TailorfitError
+from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.executor import Executor, Shipped, executor_from, unpack_folder
 from tailorfit.pipeline.graph import Pipeline
 from tailorfit.pipeline.handles import Handle

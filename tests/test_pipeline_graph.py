@@ -140,3 +140,37 @@ def test_a_running_run_on_another_host_is_interrupted_once_its_heartbeat_stops(t
     gone = effective_status(manifest, tmp_path)
     assert gone["status"] == "interrupted" and gone["last_finished_step"] == "a"
     assert effective_status({**manifest, "status": "finished"}, tmp_path)["status"] == "finished"
+
+
+def _searching(model: Path, data: Path, supernet: dict | None = None, search: dict | None = None, quantize: dict | None = None) -> list[dict]:
+    return [
+        {"id": "m", "pass": "load", "config": {"path": str(model)}},
+        {"id": "d", "pass": "dataset", "config": {"path": str(data)}},
+        {"id": "ft", "pass": "finetune", "config": {"max_steps": 1}},
+        {"id": "super", "pass": "supernet", "config": supernet or {}},
+        {"id": "search", "pass": "search", "config": {"budget": 4, "initial": 2, **(search or {})}},
+        {"id": "pick", "pass": "select", "config": {"rule": "fastest"}},
+        {"id": "ov", "pass": "lower", "config": {"target": "openvino-cpu"}},
+        {"id": "q", "pass": "quantize", "config": quantize or {"policy": "selected"}},
+    ]
+
+
+def test_what_the_recipe_and_model_config_decide_fails_before_anything_runs(tiny_bert, sentences_csv, tmp_path):
+    """Each of these used to fail only when its step ran, after minutes of fine-tuning in a real recipe."""
+    not_sqlite = tmp_path / "store.sqlite"
+    not_sqlite.write_text("id,accuracy\n")
+    cases = [
+        ({"supernet": {"head_choices": [5]}}, r"head choices \[5\] are not multiples .* up to 4"),
+        ({"supernet": {"ffn_choices": [10_000]}}, r"FFN choices \[10000\] exceed the model's width"),
+        ({"supernet": {"min_layers": 9}}, "min_layers 9 exceeds the model's 2 layers"),
+        ({"search": {"precisions": ["int8"]}}, "precisions must include fp32"),
+        ({"search": {"store": str(tmp_path / "missing" / "e.sqlite")}}, "folder .* does not exist"),
+        ({"search": {"store": str(not_sqlite)}}, "is not an SQLite file"),
+    ]
+    for change, message in cases:
+        with pytest.raises(TailorfitError, match=message):
+            build(_searching(tiny_bert, sentences_csv, **change))
+    build(_searching(tiny_bert, sentences_csv))  # and the same recipe without the fault is valid
+    plain = [s for s in _searching(tiny_bert, sentences_csv) if s["pass"] not in ("supernet", "search", "select")]
+    with pytest.raises(TailorfitError, match="comes from no select step"):
+        build(plain)

@@ -257,8 +257,6 @@ def test_sandwich_finetuning_of_a_decoder_lowers_its_smallest_subnetworks_loss(t
 
 
 def test_a_checkpoint_from_another_model_is_refused(tiny_bert, tmp_path):
-    import logging
-
     from transformers import BertConfig, BertForSequenceClassification
 
     from tailorfit.pipeline.contract import PassContext

@@ -141,6 +141,8 @@ def model_facts(path: Path, task: str, config: dict[str, Any] | None = None) -> 
     family = family_for(config.get("model_type", "?"))
     if task != family.task:
         raise TailorfitError(f"task '{task}' does not fit a {family.name} model", f"use task: {family.task} for {family.name} models")
-    layers = layer_count(path) if (path / ARCHITECTURE).is_file() else family.num_layers(config)
-    return {"family": family.name, "num_layers": layers, "model_type": config["model_type"], "task": task}
+    facts = {"family": family.name, "model_type": config["model_type"], "task": task}
+    if (path / ARCHITECTURE).is_file():  # a sub-network: config.json may describe its super-network
+        return {**facts, "num_layers": layer_count(path)}
+    return {**facts, "num_layers": family.num_layers(config), "dims": family.dims(config)}
 

@@ -9,7 +9,6 @@ baseline's own costs — and the ideal. Candidates slower or bigger than the FP3
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 

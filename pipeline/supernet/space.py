@@ -93,7 +93,11 @@ def model_dims(config: Any) -> dict[str, int]:
 
 def default_space(config: Any, ffn_step: int = 64, min_layers: int | None = None) -> SearchSpace:
     """Heads: every quarter of the groups; FFN: every quarter of the width, rounded to ``ffn_step`` (INT4 group sizes divide it)."""
-    d = model_dims(config)
+    return space_over(model_dims(config), ffn_step, min_layers)
+
+
+def space_over(d: dict[str, int], ffn_step: int = 64, min_layers: int | None = None) -> SearchSpace:
+    """``default_space`` for a model of dimensions ``d`` (``model_dims``), known before the model is loaded."""
     groups = d["num_kv_heads"]
     size = d["num_heads"] // groups
     head_choices = sorted({max(1, round(groups * f)) * size for f in (0.25, 0.5, 0.75, 1.0)})
