@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from tailorfit.pipeline.contract import PassContext
 from tailorfit.pipeline.models.data import chunks, encode_rows, read_split
 from tailorfit.pipeline.executor import Shipped
+from tailorfit.pipeline.scratch import scratch_dir
 from tailorfit.pipeline.search.fake_quant import simulated_policy
 from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.search.genome import Candidate
@@ -92,7 +92,7 @@ def build_and_score(candidate: Candidate, *, supernet: SuperNet, supernet_folder
     supernet = local_supernet(supernet, supernet_folder)
     data = data.model_copy(update={"path": data_folder.local()})
     timings: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="tailorfit-candidate-") as scratch:
+    with scratch_dir("candidate") as scratch:
         root = Path(scratch)
         timed = _stopwatch(timings)
         dense = timed("extract", lambda: Extract(ExtractConfig(subnet=candidate.subnet, seq_len=s.sequence_length, name=candidate.id))
@@ -127,7 +127,7 @@ def time_latency(built: BuiltCandidate, *, reference: Lowered, reference_folder:
     t0 = time.perf_counter()
     torch.set_num_threads(s.threads)
     reference, reference_run = _reference_session(reference, reference_folder, s.threads)
-    with tempfile.TemporaryDirectory(prefix="tailorfit-latency-") as scratch:
+    with scratch_dir("latency") as scratch:
         root = Path(scratch)
         for name, content in built.files.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -57,6 +58,10 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
         print_run(args.run_dir)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="warnings and errors only")
@@ -83,6 +88,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: typing.Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # a polite kill (a CI timeout, `kill`) unwinds like Ctrl-C: scratch folders go, the cache's partial folders stay
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.func(args)
     except TailorfitError as err:

@@ -8,7 +8,7 @@ the custom resources the pass asks for (e.g. ``{"openvino-cpu": 1}``: one such t
 
 Large read-only inputs travel with ``share(folder)``: on Ray the folder goes into the object store once per
 content (sharing it again reuses the stored copy) and is fetched and unpacked only by a node that lacks it, under
-``<tmp>/tailorfit-shipped/<content hash>``; locally it stays where it is. A ``Shipped`` may travel inside any
+``<tmp>/tailorfit-shipped/<content hash>`` (aged out after a day unused, ``pipeline/scratch.py``); locally it stays where it is. A ``Shipped`` may travel inside any
 task argument, not only as a top-level one.
 Spec: ``local``, ``ray`` (``$RAY_ADDRESS`` if set, else a Ray instance started on this machine),
 ``ray://HOST:PORT`` (Ray Client); no spec means ``ray`` when ``$RAY_ADDRESS`` is set, else ``local``.
@@ -32,6 +32,7 @@ import numpy as np
 
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.locations import content_hash
+from tailorfit.pipeline.scratch import SHIPPED, sweep
 
 _RAY_CLIENT = re.compile(r"^ray://(?P<host>[^:/\s]+):(?P<port>\d+)$")
 _HOST_PORT = re.compile(r"^(?:ray://)?(?P<host>[^:/\s]+):(?P<port>\d+)$")
@@ -64,8 +65,11 @@ class Shipped:
     def local(self) -> Path:
         if self.archive is None:
             return self.origin
-        folder = Path(tempfile.gettempdir()) / "tailorfit-shipped" / self.digest
-        if not folder.is_dir():
+        folder = Path(tempfile.gettempdir()) / SHIPPED / self.digest
+        if folder.is_dir():
+            os.utime(folder)  # in use: not aged out (scratch.sweep)
+        else:
+            sweep()  # a new folder on this node: first clear what dead processes and old runs left
             # unpack beside, then rename: a task on the same node unpacking at once never sees half a folder
             partial = folder.with_name(f"{self.digest}.partial-{uuid.uuid4().hex}")
             import ray

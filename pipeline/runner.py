@@ -21,6 +21,7 @@ from tailorfit.pipeline.graph import Pipeline
 from tailorfit.pipeline.handles import Handle
 from tailorfit.pipeline.host import default_threads, host_info
 from tailorfit.pipeline.recipe import load_recipe
+from tailorfit.pipeline.scratch import sweep
 from tailorfit.pipeline.run_status import HEARTBEAT, Heartbeat, effective_status, this_process
 from tailorfit.pipeline.step_tasks import StepTask, input_folders, run_pass, run_step
 
@@ -73,6 +74,8 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / "manifest.json"
     _report_previous(manifest_path, log)
+    if removed := sweep():
+        log.info("removed %d temporary folders that killed tailorfit processes left", len(removed))
 
     manifest: dict[str, Any] = {
         "recipe_name": parsed.name, "status": "running", "started": _now(), "process": this_process(), "heartbeat": HEARTBEAT, "recipe": raw,

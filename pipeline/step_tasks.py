@@ -13,7 +13,6 @@ import contextlib
 import pickle
 import socket
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ from tailorfit.pipeline.errors import StepSkipped
 from tailorfit.pipeline.executor import Shipped, pack_folder
 from tailorfit.pipeline.handles import Handle
 from tailorfit.pipeline.host import PeakMemory
+from tailorfit.pipeline.scratch import scratch_dir
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def run_step(task: StepTask) -> StepOutcome:
     """Run one step where the executor put it; module-level so any executor can ship it."""
     here = {s.origin: s.local() for s in task.folders}
     inputs = {port: [_moved(h, here) for h in v] if isinstance(v, list) else _moved(v, here) for port, v in task.inputs.items()}
-    with tempfile.TemporaryDirectory(prefix="tailorfit-step-") as scratch:
+    with scratch_dir("step") as scratch:
         work = Path(scratch) / "work"
         work.mkdir()
         outcome = run_pass(task.pass_, PassContext(task.step_id, work, seed=task.seed, threads=task.threads), inputs)
