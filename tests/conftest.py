@@ -166,3 +166,29 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 def save_tiny(tmp_path_factory):
     """``save_tiny(name, tokenizer_kind, build)``: a model folder made as the tiny fixtures above make theirs."""
     return lambda name, tokenizer_kind, build: _save_tiny(tmp_path_factory, name, tokenizer_kind, build)
+
+
+def cli_run_command(recipe: dict, folder: Path) -> list[str]:
+    """``tailorfit run`` of ``recipe`` (written to ``folder/r.yaml``) into ``folder/out``, as a user types it."""
+    import sys
+
+    import yaml
+
+    path = folder / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return [sys.executable, "-m", "tailorfit.pipeline.cli", "run", str(path), "--out", str(folder / "out")]
+
+
+def kill_when(cmd: list[str], ready, after: float = 0.0, timeout: float = 600) -> None:
+    """Start ``cmd``, SIGKILL it ``after`` seconds once ``ready()`` holds (or at ``timeout``), and reap it."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not ready():
+        time.sleep(0.05)
+    time.sleep(after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -3,16 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import subprocess
-import sys
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
-from conftest import make_sentences
+from conftest import cli_run_command, kill_when, make_sentences
 from tailorfit.pipeline import read_run, run_pipeline
 from tailorfit.pipeline.models.data import read_split
 
@@ -78,17 +74,9 @@ def test_finetune_learns_the_task(tiny_bert, sentences_csv, tmp_path):
 
 
 def test_killed_finetune_resumes_from_its_checkpoint(tiny_bert, sentences_csv, tmp_path):
-    recipe = tmp_path / "ft.yaml"
-    recipe.write_text(yaml.safe_dump(_finetune_recipe(tiny_bert, sentences_csv, 400)))
-    cmd = [sys.executable, "-m", "tailorfit.pipeline.cli", "run", str(recipe), "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = cli_run_command(_finetune_recipe(tiny_bert, sentences_csv, 400), tmp_path)
     cache = tmp_path / "out" / ".cache" / "finetune"
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(cache.glob("*.partial/checkpoint.pt")):
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, lambda: bool(list(cache.glob("*.partial/checkpoint.pt"))), after=0.5, timeout=300)
     partial = list(cache.glob("*.partial"))
     assert partial and (partial[0] / "checkpoint.pt").is_file(), "no checkpoint before the kill"
     assert not [p for p in cache.iterdir() if not p.name.endswith(".partial")], "the kill came too late: fine-tuning had finished"

@@ -3,20 +3,17 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import sqlite3
 import subprocess
-import sys
-import time
 
 from io import StringIO
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from rich.console import Console
 
+from conftest import cli_run_command, kill_when
 from tailorfit.pipeline import run_pipeline
 from tailorfit.pipeline.errors import StepSkipped, TailorfitError
 from tailorfit.pipeline.search.store import EvaluationStore
@@ -240,10 +237,7 @@ def test_bad_search_configs_fail_in_one_line(tiny_bert, sentences_csv, tmp_path)
 def test_a_killed_search_resumes_from_its_store(tiny_bert, sentences_csv, tmp_path):
     recipe = _search_recipe(tiny_bert, sentences_csv, budget=9, initial=5, batch=2)
     recipe["steps"] = [s for s in recipe["steps"] if s["id"] in ("model", "data", "ft", "supernet", "search")]
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    cmd = [sys.executable, "-m", "tailorfit.pipeline.cli", "run", str(path), "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = cli_run_command(recipe, tmp_path)
     cache = tmp_path / "out" / ".cache" / "search"
 
     def stored() -> list[tuple]:
@@ -255,11 +249,7 @@ def test_a_killed_search_resumes_from_its_store(tiny_bert, sentences_csv, tmp_pa
         except sqlite3.OperationalError:
             return []
 
-    deadline = time.time() + 600
-    while time.time() < deadline and len(stored()) < 5:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, lambda: len(stored()) >= 5)
     before = stored()
     assert 5 <= len(before) < 11, "the kill came too late: the search had finished"
     assert not [p for p in cache.iterdir() if not p.name.endswith(".partial")]
@@ -316,16 +306,9 @@ def test_a_search_killed_mid_batch_redoes_at_most_the_candidate_in_flight(tiny_b
 
     recipe = _search_recipe(tiny_bert, sentences_csv, budget=6, initial=5, batch=1)
     recipe["steps"] = [s for s in recipe["steps"] if s["id"] in ("model", "data", "ft", "supernet", "search")]
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    cmd = [sys.executable, "-m", "tailorfit.pipeline.cli", "run", str(path), "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = cli_run_command(recipe, tmp_path)
     built = tmp_path / "out" / ".cache" / "search"
-    deadline = time.time() + 600
-    while time.time() < deadline and len(list(built.glob("*.partial/built/*.pkl"))) < 2:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, lambda: len(list(built.glob("*.partial/built/*.pkl"))) >= 2)
     kept = {p.stem: pickle.loads(p.read_bytes()).metrics["seconds_by_stage"] for p in built.glob("*.partial/built/*.pkl")}
     assert len(kept) >= 2, "the kill came too late or too early"
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)

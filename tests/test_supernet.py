@@ -10,6 +10,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import cli_run_command, kill_when
 from tailorfit.pipeline import TailorfitError, run_pipeline
 from tailorfit.pipeline.supernet.cost import CostModel
 from tailorfit.pipeline.supernet.elastic import ElasticModel
@@ -274,12 +275,7 @@ def test_a_checkpoint_from_another_model_is_refused(tiny_bert, tmp_path):
 def test_killed_sandwich_training_resumes_bit_exact(tiny_bert, sentences_csv, tmp_path):
     """Killed mid-epoch and resumed, super-network training ends in the same weight bytes as a run never killed."""
     import hashlib
-    import signal
     import subprocess
-    import sys
-    import time
-
-    import yaml
 
     recipe = {
         "name": "sandwich-resume", "threads": 1,
@@ -292,17 +288,9 @@ def test_killed_sandwich_training_resumes_bit_exact(tiny_bert, sentences_csv, tm
                                                                          "random_subnets": 1, "checkpoint_every": 5}},
         ],
     }
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    cmd = [sys.executable, "-m", "tailorfit.pipeline.cli", "run", str(path), "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = cli_run_command(recipe, tmp_path)
     cache = tmp_path / "out" / ".cache" / "supernet-finetune"
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(cache.glob("*.partial/checkpoint.pt")):
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, lambda: bool(list(cache.glob("*.partial/checkpoint.pt"))), after=0.5)
     assert list(cache.glob("*.partial/checkpoint.pt")) and not [p for p in cache.iterdir() if not p.name.endswith(".partial")], "killed too late"
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
