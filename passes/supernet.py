@@ -1,13 +1,17 @@
 """supernet: turns a model into an elastic super-network over layers, attention heads and FFN width.
 
-Consumes: ``HFModel``. Produces: ``SuperNet`` — the full-size weights with heads (KV groups under
-grouped-query attention) and FFN neurons reordered by importance, so narrower choices keep the most
-important units; its ``SearchSpace``; ``cost_model.json`` (analytic params / MACs); ``importance.json``.
+Consumes: ``HFModel`` and ``Dataset`` (calibration batches from its training split). Produces: ``SuperNet`` —
+the full-size weights with heads (KV groups under grouped-query attention) and FFN neurons reordered by
+importance, so narrower choices keep the most important units; its ``SearchSpace``, whose depth choices drop
+the least influential layers first; ``cost_model.json`` (analytic params / MACs); ``importance.json`` (the
+scores and how they were measured). ``importance: activation`` (the default) measures all three on data
+(``supernet/importance.py``); ``magnitude`` ranks units by weight magnitude and drops layers by position.
 Post-condition: reordering leaves the full model's outputs unchanged (difference recorded).
 """
 from __future__ import annotations
 
 import json
+import random
 from typing import Literal
 
 import torch
@@ -18,7 +22,9 @@ from tailorfit.pipeline.supernet.cost import CostModel
 from tailorfit.pipeline.supernet.elastic import ElasticModel
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.models.handles import HFModel, SuperNet
+from tailorfit.pipeline.models.data import chunks
+from tailorfit.pipeline.models.handles import Dataset, HFModel, SuperNet
+from tailorfit.pipeline.models.training import TaskData
 from tailorfit.pipeline.models.loading import ExportWrapper, example_inputs, input_names, load_preprocessor, load_torch_model
 from tailorfit.pipeline.supernet.space import SearchSpace, model_dims, space_over
 
@@ -32,11 +38,15 @@ class SupernetConfig(PassConfig):
     ffn_step: int = Field(default=64, ge=1, description="default widths are multiples of this (INT4 group sizes must divide them)")
     min_layers: int | None = Field(default=None, ge=1, description="fewest layers a sub-network keeps (default: half)")
     skippable: bool = True
-    importance: Literal["magnitude"] = "magnitude"
+    importance: Literal["activation", "magnitude"] = Field(
+        default="activation", description="activation: heads, neurons and layers scored on calibration data; magnitude: units by weight magnitude, layers by position")
+    calibration_samples: int = Field(default=256, ge=1, description="training rows (causal-lm: windows) the importance is measured on")
+    max_length: int = Field(default=128, ge=8, description="tokens per calibration example (causal-lm: per window)")
 
 
 class Supernet(Pass):
     name = "supernet"
+    version = 2  # 2: importance measured on data by default; depth choices drop the least influential layers
     Config = SupernetConfig
     packages = ("torch", "transformers")
 
@@ -62,7 +72,9 @@ class Supernet(Pass):
             raise TailorfitError(f"min_layers {space.min_layers} exceeds the model's {space.num_layers} layers", "lower min_layers")
         return space
 
-    def run(self, ctx: PassContext, model: HFModel) -> SuperNet:
+    def run(self, ctx: PassContext, model: HFModel, data: Dataset) -> SuperNet:
+        if data.task != model.task:
+            raise TailorfitError(f"the dataset is for {data.task} but the model is a {model.task} model", "use a dataset of the model's task")
         net = load_torch_model(model)
         space = self._space(model_dims(net.config))
         names = input_names(net, model)
@@ -71,7 +83,11 @@ class Supernet(Pass):
         with torch.inference_mode():
             before = wrapper(*example)
         elastic = ElasticModel(net, family_by_name(model.family), space)
-        report = elastic.reorder()
+        scores = elastic.importance(self._calibration(ctx, model, data, names) if self.config.importance == "activation" else None)
+        report = elastic.reorder(scores)
+        if scores.layer_influence is not None:
+            space = space.model_copy(update={"drop_order": scores.drop_order()})
+            elastic.space = space
         with torch.inference_mode():
             drift = float((wrapper(*example) - before).abs().max())
         if drift > 1e-4:
@@ -82,8 +98,15 @@ class Supernet(Pass):
         (out / "search_space.json").write_text(space.model_dump_json(indent=1))
         (out / "cost_model.json").write_text(CostModel.measure(elastic).model_dump_json(indent=1))
         (out / "importance.json").write_text(json.dumps({**report, "max_abs_output_change": drift}, indent=1))
-        ctx.log.info("super-network: %d layers, heads %s, FFN %s; reordering changed outputs by %.1e", space.num_layers, space.head_choices, space.ffn_choices, drift)
+        ctx.log.info("super-network: %d layers, heads %s, FFN %s; importance by %s; layers dropped in order %s; reordering changed outputs by %.1e",
+                     space.num_layers, space.head_choices, space.ffn_choices, self.config.importance, space.layer_drop_order(), drift)
         return SuperNet(path=out, source=model, space=space)
+
+    def _calibration(self, ctx: PassContext, model: HFModel, data: Dataset, names: list[str]) -> list[dict[str, torch.Tensor]]:
+        """A seeded sample of the training split, in batches of 16."""
+        task = TaskData.load(load_preprocessor(model), data, names, self.config.max_length)
+        rows = random.Random(ctx.seed).sample(task.train, min(self.config.calibration_samples, len(task.train)))
+        return [task.batch(part) for part in chunks(rows, 16)]
 
 
 def load_supernet(handle: SuperNet) -> ElasticModel:

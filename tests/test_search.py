@@ -21,7 +21,8 @@ from tailorfit.pipeline.search.fake_quant import simulated_policy
 from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.search.genome import Genome
 from tailorfit.pipeline.inspect_run import print_run
-from tailorfit.pipeline.supernet.space import SearchSpace
+from tailorfit.pipeline.models.policy import QuantizationPolicy
+from tailorfit.pipeline.supernet.space import LayerChoice, SearchSpace, SubnetConfig
 
 SPACE = SearchSpace(num_layers=4, hidden_size=32, num_heads=4, num_kv_heads=4, head_dim=8, ffn_size=64,
                     head_choices=[1, 2, 4], ffn_choices=[0, 32, 64], min_layers=2)
@@ -30,7 +31,7 @@ SPACE = SearchSpace(num_layers=4, hidden_size=32, num_heads=4, num_kv_heads=4, h
 def test_genome_round_trips_and_canonicalises():
     genome = Genome(SPACE)
     lower, upper = genome.bounds()
-    assert len(lower) == genome.length == 4 * 7 + 1
+    assert len(lower) == genome.length == 1 + 4 * 6 + 1
     rng = np.random.default_rng(0)
     for _ in range(200):
         g = rng.integers(lower, upper + 1)
@@ -48,25 +49,36 @@ def test_genome_round_trips_and_canonicalises():
 
 
 def test_irrelevant_genes_do_not_make_a_new_candidate():
-    genome = Genome(SPACE)
-    rows = np.array([[1, 2, 2, 1, 1, 1, 1]] * 4)
-    rows[1] = [0, 2, 2, 1, 1, 1, 1]  # layer 1 skipped: its genes cannot matter
-    rows[2] = [1, 2, 0, 1, 1, 1, 1]  # layer 2 without FFN: its FFN precisions cannot matter
-    a = np.concatenate([rows.reshape(-1), [1]])
-    rows[1] = [0, 0, 1, 0, 1, 0, 1]
-    rows[2] = [1, 2, 0, 1, 1, 0, 0]
-    b = np.concatenate([rows.reshape(-1), [1]])
+    genome = Genome(SPACE)  # positional drop order [2, 1, 0, 3]: depth 3 drops layer 2
+    rows = np.array([[2, 2, 1, 1, 1, 1]] * 4)
+    rows[1] = [2, 0, 1, 1, 1, 1]  # layer 1 without FFN: its FFN precisions cannot matter
+    a = np.concatenate([[1], rows.reshape(-1), [1]])
+    rows[2] = [0, 1, 0, 1, 0, 1]  # layer 2 dropped: its genes cannot matter
+    rows[1] = [2, 0, 1, 1, 0, 0]
+    b = np.concatenate([[1], rows.reshape(-1), [1]])
     assert genome.decode(a).id == genome.decode(b).id
     candidate = genome.decode(a)
-    # the extracted model renumbers kept layers: super-network layer 2 becomes layer 1
-    assert candidate.subnet.kept() == [0, 2, 3]
-    assert candidate.policy.resolve(3)["1.qkv"] == "int8" and candidate.policy.resolve(3)["head"] == "int8"
+    # the extracted model renumbers kept layers: super-network layer 3 becomes layer 2
+    assert candidate.subnet.kept() == [0, 1, 3]
+    assert candidate.policy.resolve(3)["2.qkv"] == "int8" and candidate.policy.resolve(3)["head"] == "int8"
 
 
-def test_too_few_kept_layers_are_repaired_with_the_smallest_subnetworks_layers():
+def test_the_depth_gene_drops_the_least_influential_layers_first():
+    space = SPACE.model_copy(update={"drop_order": [1, 3, 0, 2]})
+    genome = Genome(space)
+    kept = [genome.decode(np.concatenate([[d], np.zeros(genome.length - 1, dtype=int)])).subnet.kept() for d in range(3)]
+    assert kept == [[0, 2], [0, 2, 3], [0, 1, 2, 3]]
+    assert [i for i, c in enumerate(space.smallest().layers) if c.keep] == [0, 2]
+    with pytest.raises(TailorfitError, match="drop order"):  # a sub-network the depth gene cannot express
+        genome.encode(SubnetConfig(layers=[LayerChoice(keep=i != 2, heads=4, ffn=64) for i in range(4)]), QuantizationPolicy().resolve(3))
+    with pytest.raises(ValueError, match="each of the 4 layers once"):
+        SearchSpace(**SPACE.model_dump() | {"drop_order": [1, 1, 0, 2]})
+
+
+def test_the_smallest_depth_keeps_an_even_spread_of_layers_when_none_were_measured():
     genome = Genome(SPACE)
     g = np.zeros(genome.length, dtype=int)
-    assert genome.decode(g).subnet.kept() == [i for i, c in enumerate(SPACE.smallest().layers) if c.keep]
+    assert genome.decode(g).subnet.kept() == [i for i, c in enumerate(SPACE.smallest().layers) if c.keep] == [0, 3]
 
 
 def test_simulated_policy_fake_quantizes_only_int8_groups_and_restores_weights(bert_classifier):
@@ -291,10 +303,10 @@ def test_sampled_genomes_are_canonical_and_spread_by_depth_or_near_the_unpruned_
     for g in near:
         assert (genome.canonical(g) == g).all()
         layers = genome.decode(g).subnet.layers
-        # every layer is the unpruned one, one step narrower in heads or FFN, or skipped
+        # every layer is the unpruned one or one step narrower in heads or FFN; at most a few layers are dropped
         assert all(not c.keep or (c.heads, c.ffn) in {(4, 64), (2, 64), (4, 32)} for c in layers)
-        changed.append(sum(not c.keep or (c.heads, c.ffn) != (4, 64) for c in layers))
-    assert 0.7 < np.mean(changed) < 1.3  # one layer in expectation
+        changed.append(sum(c.keep and (c.heads, c.ffn) != (4, 64) for c in layers) + 4 - sum(c.keep for c in layers))
+    assert 0.7 < np.mean(changed) < 1.3  # one change in expectation
     depths = np.array([len(genome.decode(g).subnet.kept()) for g in genome.sample(rng, 300, near_largest=0.0)])
     assert all(60 < (depths == d).sum() < 140 for d in (2, 3, 4))  # depth uniform over min_layers..layers
 

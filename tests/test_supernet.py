@@ -1,7 +1,9 @@
 """Super-networks on tiny BERT, LLaMA (grouped-query attention) and ViT models: equivalence, reordering, extraction, cost."""
 from __future__ import annotations
 
+import copy
 import json
+import math
 import random
 
 import numpy as np
@@ -60,13 +62,18 @@ def _logits(model, inputs):
 KINDS = ["bert", "llama", "vit", "gpt2"]
 
 
+@pytest.mark.parametrize("importance", ["magnitude", "activation"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_largest_config_is_the_original_and_reordering_keeps_it(kind):
+def test_largest_config_is_the_original_and_reordering_keeps_it(kind, importance):
     model = _model(kind)
     reference = _logits(model, _inputs(kind))
     model, elastic = _elastic(kind)
     assert torch.equal(_logits(model, _inputs(kind)), reference)
-    elastic.reorder()
+    scores = elastic.importance([_inputs(kind, batch=4)] if importance == "activation" else None)
+    report = elastic.reorder(scores)
+    if importance == "activation":
+        assert sorted(report["drop_order"]) == [0, 1, 2] and scores.tokens > 0
+        assert all(len(layer["head_group_order"]) == elastic.space.num_kv_heads for layer in report["layers"])
     assert (_logits(model, _inputs(kind)) - reference).abs().max() <= 1e-5
     narrow = elastic.space.smallest()
     elastic.activate(narrow)
@@ -78,7 +85,7 @@ def test_largest_config_is_the_original_and_reordering_keeps_it(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_extracted_subnetworks_equal_the_active_ones(kind):
     model, elastic = _elastic(kind)
-    elastic.reorder()
+    elastic.reorder(elastic.importance([_inputs(kind)]))
     rng = random.Random(0)
     for config in [elastic.space.smallest()] + [elastic.space.sample(rng) for _ in range(4)]:
         elastic.activate(config)
@@ -87,6 +94,34 @@ def test_extracted_subnetworks_equal_the_active_ones(kind):
         assert not any(type(m).__name__ == "ElasticLinear" for m in dense.modules())
         assert (_logits(dense, _inputs(kind, batch=3, seq=7)) - expected).abs().max() <= 1e-5
         assert len(elastic.family.layer_list(dense)[1]) == len(config.kept())
+
+
+def test_activation_importance_keeps_the_neurons_and_layers_that_compute_something():
+    """Neurons with heavy weights that never fire rank first by magnitude and last on data; a layer made the identity
+    is the first depth choices drop. The narrow sub-network of the measured ranking is the closer to the full model."""
+    model = _model("llama")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate_proj.weight[:64] *= 10  # heavy gates ...
+            layer.mlp.up_proj.weight[:64] = 0  # ... of neurons whose output is always 0
+        layer = model.model.layers[1]
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()  # pre-norm residual block: the layer now passes its input through
+    inputs = _inputs("llama", batch=4, seq=12)
+    reference = _logits(model, inputs)
+    half = SubnetConfig(layers=[LayerChoice(heads=4, ffn=64)] * 3)
+    errors = {}
+    for importance in ("magnitude", "activation"):
+        net = copy.deepcopy(model)
+        elastic = ElasticModel(net, family_for("llama"), default_space(net.config, ffn_step=32, min_layers=1))
+        scores = elastic.importance([inputs] if importance == "activation" else None)
+        elastic.reorder(scores)
+        elastic.activate(half)
+        errors[importance] = float((_logits(net, inputs) - reference).abs().max())
+        if importance == "activation":
+            assert scores.drop_order()[0] == 1 and scores.layer_influence[1] < 1e-6
+            assert (scores.neurons[0][:64] == 0).all() and (scores.neurons[0][64:] > 0).all()
+    assert errors["activation"] < 1e-5 < errors["magnitude"]  # the dropped half computed nothing
 
 
 def test_grouped_query_heads_stay_in_whole_groups():
@@ -168,10 +203,11 @@ def test_supernet_and_extract_passes_through_lowering(tiny_llama, text_jsonl, tm
     np.testing.assert_allclose(_logits(ours, {"input_ids": ids}).numpy(), _logits(theirs, {"input_ids": ids}).numpy(), atol=1e-5)
 
 
-def test_extract_rejects_configs_outside_the_space(tiny_bert, tmp_path):
+def test_extract_rejects_configs_outside_the_space(tiny_bert, sentences_csv, tmp_path):
     recipe = {
         "name": "bad", "steps": [
             {"id": "model", "pass": "load", "config": {"path": str(tiny_bert)}},
+            {"id": "data", "pass": "dataset", "config": {"path": str(sentences_csv)}},
             {"id": "super", "pass": "supernet", "config": {"ffn_step": 16}},
             {"id": "sub", "pass": "extract", "config": {"subnet": {"layers": [{"heads": 4, "ffn": 40}, {"heads": 4, "ffn": 64}]}}},
         ],
@@ -213,13 +249,14 @@ def test_sandwich_finetuning_improves_the_smallest_subnetwork(tiny_bert, sentenc
     assert (result.outputs["sandwich"].path / "search_space.json").is_file()
 
 
-def test_a_removed_ffn_block_extracts_and_lowers(bert_classifier, tmp_path):
+def test_a_removed_ffn_block_extracts_and_lowers(bert_classifier, sentences_csv, tmp_path):
     """FFN width 0 (a layer without its FFN, as studies of BERT's redundant layers suggest) survives export."""
     subnet = {"layers": [{"heads": 4, "ffn": 0}, {"heads": 2, "ffn": 64}]}
     recipe = {
         "name": "noffn", "threads": 2,
         "steps": [
             {"id": "model", "pass": "load", "config": {"path": str(bert_classifier)}},
+            {"id": "data", "pass": "dataset", "config": {"path": str(sentences_csv)}},
             {"id": "super", "pass": "supernet", "config": {"ffn_choices": [0, 64], "head_choices": [2, 4]}},
             {"id": "sub", "pass": "extract", "config": {"subnet": subnet}},
             {"id": "ov", "pass": "lower", "inputs": {"model": "sub"}, "config": {"target": "openvino-cpu"}},
@@ -298,3 +335,56 @@ def test_killed_sandwich_training_resumes_bit_exact(tiny_bert, sentences_csv, tm
     clean = run_pipeline(recipe, out=tmp_path / "clean", quiet=True).outputs["sandwich"]
     digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()
     assert digest(resumed / clean.path.name / "model.safetensors") == digest(clean.path / "model.safetensors")
+
+
+def test_a_sliced_trained_decoder_stays_far_below_a_uniform_guess(tiny_llama):
+    """A tiny LLaMA trained here on the test corpus, then cut by measured importance to half its layers and heads and a
+    quarter of its FFN: its perplexity must stay well below the vocabulary size (what a uniform guess scores), unlike the
+    millions SmolLM2 reached when units were chosen by weight magnitude and layers by position."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    rng = random.Random(0)  # a corpus a 4-layer model can learn: few choices per position
+    texts = [" ".join(rng.choice(pair) for pair in (["the", "a"], ["film", "movie"], ["was"], ["very", "quite"], ["good", "bad"], ["and"], ["funny", "dull"]))
+             for _ in range(300)]
+    ids = tok(texts, padding="max_length", max_length=12, truncation=True, return_tensors="pt")
+    train, held_out = {k: v[:240] for k, v in ids.items()}, {k: v[240:] for k, v in ids.items()}
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                         intermediate_size=128, max_position_embeddings=64, pad_token_id=0))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(150):
+        rows = torch.randint(0, 240, (16,), generator=torch.Generator().manual_seed(step))
+        batch = {k: v[rows] for k, v in train.items()}
+        model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+    def perplexity(net) -> float:
+        with torch.no_grad():
+            return math.exp(net(**held_out, labels=held_out["input_ids"].masked_fill(held_out["attention_mask"] == 0, -100)).loss.item())
+
+    full = perplexity(model)
+    elastic = ElasticModel(model, family_for("llama"), default_space(model.config, ffn_step=32, min_layers=2))
+    scores = elastic.importance([{k: v[:64] for k, v in train.items()}])
+    elastic.reorder(scores)
+    elastic.space = elastic.space.model_copy(update={"drop_order": scores.drop_order()})
+    sliced = SubnetConfig(layers=[LayerChoice(keep=k, heads=2, ffn=32) for k in elastic.space.kept_at_depth(2)])
+    elastic.activate(sliced)
+    pruned = perplexity(elastic.model)
+    assert full < len(tok) / 8  # it learned the corpus
+    assert pruned < len(tok) / 4, (full, pruned)
+
+
+def test_hidden_states_are_matched_at_the_layers_a_subnetwork_kept():
+    from tailorfit.passes.supernet_finetune import hidden_state_loss
+
+    teacher = tuple(torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(i)) for i in range(5))  # embeddings + 4 layers
+    kept = [0, 2, 3]
+    student = (teacher[0], teacher[1], teacher[3], teacher[4])  # what a perfect 3-layer student keeping layers 0, 2, 3 yields
+    assert float(hidden_state_loss(student, teacher, kept)) == 0
+    shifted = (teacher[0], teacher[1], teacher[2], teacher[4])  # layer 1's output where layer 2's belongs
+    assert float(hidden_state_loss(shifted, teacher, kept)) > 0.1
+    # the last state the head reads is matched to the teacher's last even when the last layer was dropped
+    assert float(hidden_state_loss((teacher[0], teacher[1], teacher[4]), teacher, [0, 1])) == 0

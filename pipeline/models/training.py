@@ -94,7 +94,7 @@ def train(
     ``end_of_epoch(state)`` validates and saves what the pass keeps; ``state["best"]`` survives resumes.
     """
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-    total = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
+    total = total_steps(data, config)
     opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     from transformers import get_linear_schedule_with_warmup
 
@@ -136,6 +136,11 @@ def train(
                     break
     ckpt.unlink(missing_ok=True)
     return state
+
+
+def total_steps(data: TaskData, config: TrainingConfig) -> int:
+    """Optimiser steps ``train`` takes: every epoch's batches, capped by ``max_steps``."""
+    return min(config.max_steps or 10**12, math.ceil(len(data.train) / config.batch_size) * config.epochs)
 
 
 def _length_bucketed(rows: list[dict[str, Any]], batch_size: int, seed: int) -> list[list[int]]:

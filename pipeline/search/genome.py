@@ -1,9 +1,12 @@
 """The search genome: a sub-network architecture and its per-layer precision policy as one flat integer vector.
 
-Per super-network layer: keep (when layers are skippable), head-choice index, FFN-choice index, then one
-precision gene per linear group (qkv, attn_out, ffn_up, ffn_down); last, one precision gene for the head
-(pooler / classifier / LM head). Genes that cannot matter (those of a skipped layer, the FFN precisions of a
-removed FFN) are zeroed by ``canonical``, so two genomes describing the same candidate never get measured twice.
+First (when layers are skippable) one depth gene: the sub-network keeps ``min_layers + gene`` layers, dropping the
+super-network's least influential first (``SearchSpace.layer_drop_order``), as LLaMA-NAS and Minitron prune depth:
+per-layer keep bits would mostly spend the budget on sub-networks missing an important layer. Then per super-network
+layer: head-choice index, FFN-choice index, one precision gene per linear group (qkv, attn_out, ffn_up, ffn_down);
+last, one precision gene for the head (pooler / classifier / LM head). Genes that cannot matter (those of a dropped
+layer, the FFN precisions of a removed FFN) are zeroed by ``canonical``, so two genomes describing the same candidate
+never get measured twice.
 """
 from __future__ import annotations
 
@@ -37,96 +40,94 @@ class Genome:
     def __init__(self, space: SearchSpace, precisions: tuple[str, ...] = ("fp32", "int8")):
         self.space = space
         self.precisions = tuple(precisions)
-        self._layer_genes = (1 if space.skippable else 0) + 2 + len(LINEAR_GROUPS)
+        self._layer_genes = 2 + len(LINEAR_GROUPS)
+        self._depth_genes = 1 if space.skippable else 0
 
     @property
     def length(self) -> int:
-        return self.space.num_layers * self._layer_genes + 1
+        return self._depth_genes + self.space.num_layers * self._layer_genes + 1
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Inclusive integer bounds per gene."""
-        top = [1] if self.space.skippable else []
-        top += [len(self.space.head_choices) - 1, len(self.space.ffn_choices) - 1] + [len(self.precisions) - 1] * len(LINEAR_GROUPS)
-        upper = np.array(top * self.space.num_layers + [len(self.precisions) - 1], dtype=int)
+        s = self.space
+        layer = [len(s.head_choices) - 1, len(s.ffn_choices) - 1] + [len(self.precisions) - 1] * len(LINEAR_GROUPS)
+        upper = np.array([len(s.depths()) - 1] * self._depth_genes + layer * s.num_layers + [len(self.precisions) - 1], dtype=int)
         return np.zeros_like(upper), upper
 
-    def _split(self, genome: np.ndarray) -> tuple[np.ndarray, int]:
+    def _split(self, genome: np.ndarray) -> tuple[int, np.ndarray, int]:
+        """(depth, per-layer rows, head precision) of a genome."""
         genome = np.asarray(genome, dtype=int)
         if genome.shape != (self.length,):
             raise TailorfitError(f"a genome of this search space has {self.length} genes, got shape {genome.shape}", "the store or genome belongs to another search space")
         lower, upper = self.bounds()
         if (genome < lower).any() or (genome > upper).any():
             raise TailorfitError("a genome gene is out of range for this search space", "the store or genome belongs to another search space")
-        rows = genome[:-1].reshape(self.space.num_layers, self._layer_genes)
-        if not self.space.skippable:
-            rows = np.concatenate([np.ones((len(rows), 1), dtype=int), rows], axis=1)
-        return rows, int(genome[-1])
+        depth = self.space.depths()[genome[0] if self._depth_genes else 0]
+        return depth, genome[self._depth_genes:-1].reshape(self.space.num_layers, self._layer_genes), int(genome[-1])
 
-    def _join(self, rows: np.ndarray, head: int) -> np.ndarray:
-        if not self.space.skippable:
-            rows = rows[:, 1:]
-        return np.concatenate([rows.reshape(-1), [head]]).astype(int)
+    def _join(self, depth: int, rows: np.ndarray, head: int) -> np.ndarray:
+        depth_gene = [self.space.depths().index(depth)] if self._depth_genes else []
+        return np.concatenate([depth_gene, rows.reshape(-1), [head]]).astype(int)
 
     def canonical(self, genome: np.ndarray) -> np.ndarray:
-        """The representative genome of a candidate: at least ``min_layers`` kept, irrelevant genes zeroed."""
-        rows, head = self._split(genome)
+        """The representative genome of a candidate: genes of dropped layers and of removed FFNs zeroed."""
+        depth, rows, head = self._split(genome)
         rows = rows.copy()
-        missing = max(self.space.min_layers, 1) - int(rows[:, 0].sum())
-        if missing > 0:  # keep the smallest sub-network's (evenly spaced) layers first, then the deepest
-            order = [i for i, c in enumerate(self.space.smallest().layers) if c.keep]
-            order += [i for i in reversed(range(len(rows))) if i not in order]
-            for i in [i for i in order if not rows[i, 0]][:missing]:
-                rows[i, 0] = 1
-        rows[rows[:, 0] == 0, 1:] = 0
+        rows[~np.array(self.space.kept_at_depth(depth))] = 0
         if 0 in self.space.ffn_choices:
-            removed = np.array([self.space.ffn_choices[f] == 0 for f in rows[:, 2]])
-            rows[removed, 3 + LINEAR_GROUPS.index("ffn_up")] = 0
-            rows[removed, 3 + LINEAR_GROUPS.index("ffn_down")] = 0
-        return self._join(rows, head)
+            removed = np.array([self.space.ffn_choices[f] == 0 for f in rows[:, 1]])
+            rows[removed, 2 + LINEAR_GROUPS.index("ffn_up")] = 0
+            rows[removed, 2 + LINEAR_GROUPS.index("ffn_down")] = 0
+        return self._join(depth, rows, head)
 
     def sample(self, rng: np.random.Generator, k: int, near_largest: float = 0.5) -> np.ndarray:
         """``k`` random canonical genomes, precision genes uniform. A ``near_largest`` share perturbs the unpruned
-        architecture (each layer, with probability 1/layers, loses a head step, an FFN step or itself); the rest
-        draw a depth uniformly, then the layers and widths. Uniform genes would keep half the layers on average
-        and make most candidates far weaker than an accuracy constraint near the unpruned model allows."""
+        architecture (each layer, with probability 1/layers, loses a head step, an FFN step or, once, the depth loses a
+        layer); the rest draw every gene uniformly. Uniform genes alone would make most candidates far weaker than an
+        accuracy constraint near the unpruned model allows."""
         s, (lower, upper) = self.space, self.bounds()
         n, out = s.num_layers, []
         for _ in range(k):
-            rows, head = self._split(rng.integers(lower, upper + 1))
+            depth, rows, head = self._split(rng.integers(lower, upper + 1))
             rows = rows.copy()
             if rng.random() < near_largest:
-                rows[:, 0], rows[:, 1], rows[:, 2] = 1, len(s.head_choices) - 1, len(s.ffn_choices) - 1
+                depth, rows[:, 0], rows[:, 1] = n, len(s.head_choices) - 1, len(s.ffn_choices) - 1
                 for i in np.flatnonzero(rng.random(n) < 1 / n):
-                    col = int(rng.integers(0 if s.skippable else 1, 3))  # 0: skip the layer, 1: heads, 2: FFN
-                    rows[i, col] = max(rows[i, col] - 1, 0) if col else 0
-            elif s.skippable:
-                kept = rng.choice(n, size=int(rng.integers(s.min_layers, n + 1)), replace=False)
-                rows[:, 0] = np.isin(np.arange(n), kept)
-            out.append(self.canonical(self._join(rows, head)))
+                    col = int(rng.integers(0 if s.skippable else 1, 3))  # 0: one layer fewer, 1: heads, 2: FFN
+                    if col:
+                        rows[i, col - 1] = max(rows[i, col - 1] - 1, 0)
+                    else:
+                        depth = max(depth - 1, s.depths()[0])
+            out.append(self.canonical(self._join(depth, rows, head)))
         return np.array(out, dtype=int)
 
     def decode(self, genome: np.ndarray) -> Candidate:
         genome = self.canonical(genome)
-        rows, head = self._split(genome)
+        depth, rows, head = self._split(genome)
         s = self.space
-        subnet = SubnetConfig(layers=[LayerChoice(keep=bool(k), heads=s.head_choices[h], ffn=s.ffn_choices[f]) for k, h, f, *_ in rows])
+        subnet = SubnetConfig(layers=[LayerChoice(keep=k, heads=s.head_choices[row[0]], ffn=s.ffn_choices[row[1]])
+                                      for k, row in zip(s.kept_at_depth(depth), rows)])
         layers = {}
         for new, i in enumerate(subnet.kept()):
-            for g, gene in zip(LINEAR_GROUPS, rows[i, 3:]):
+            for g, gene in zip(LINEAR_GROUPS, rows[i, 2:]):
                 layers[f"{new}.{g}"] = self.precisions[gene]
         policy = QuantizationPolicy(default=self.precisions[0], head=self.precisions[head], layers=layers)
         return Candidate(id=self.candidate_id(genome), subnet=subnet, policy=policy)
 
     def encode(self, subnet: SubnetConfig, precisions: dict[str, str]) -> np.ndarray:
         """The genome of ``subnet`` with ``precisions`` resolved against the extracted model (see ``QuantizationPolicy.resolve``)."""
-        self.space.check(subnet)
         s = self.space
+        s.check(subnet)
+        depth = len(subnet.kept())
+        if [c.keep for c in subnet.layers] != s.kept_at_depth(depth):
+            raise TailorfitError(f"the sub-network keeps layers {subnet.kept()}, but at depth {depth} this search keeps "
+                                 f"{[i for i, k in enumerate(s.kept_at_depth(depth)) if k]}", "drop layers in the super-network's drop order")
         index = {p: i for i, p in enumerate(self.precisions)}
         rows, kept = [], {old: new for new, old in enumerate(subnet.kept())}
         for i, c in enumerate(subnet.layers):
             genes = [index[precisions[f"{kept[i]}.{g}"]] for g in LINEAR_GROUPS] if c.keep else [0] * len(LINEAR_GROUPS)
-            rows.append([int(c.keep), s.head_choices.index(c.heads), s.ffn_choices.index(c.ffn), *genes])
-        return self.canonical(self._join(np.array(rows, dtype=int), index[precisions[HEAD]]))
+            rows.append([s.head_choices.index(c.heads), s.ffn_choices.index(c.ffn), *genes])
+        return self.canonical(self._join(depth, np.array(rows, dtype=int), index[precisions[HEAD]]))
 
     def candidate_id(self, genome: np.ndarray) -> str:
         """Stable short id of a canonical genome within this search space."""

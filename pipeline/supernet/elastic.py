@@ -2,18 +2,19 @@
 
 Every controlled linear becomes an ``ElasticLinear`` sharing the original parameters; a sub-network is
 selected with ``ElasticModel.activate(config)``, which narrows each linear to a prefix of its rows and
-columns and drops skipped layers. Importance reordering puts the most important heads (KV groups for
-grouped-query attention) and FFN neurons first, so every prefix keeps the best units.
+columns and drops skipped layers. Importance reordering (``importance``) puts the most important heads (KV groups
+for grouped-query attention) and FFN neurons first, so every prefix keeps the best units.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tailorfit.pipeline.families import LINEAR_GROUPS, ModelFamily
+from tailorfit.pipeline.supernet.importance import Importance, magnitude_importance, measured_importance
 from tailorfit.pipeline.supernet.space import SearchSpace, SubnetConfig
 
 
@@ -166,38 +167,47 @@ class ElasticModel:
         setattr(self._list_parent, self._list_attr, nn.ModuleList([self.layers[i] for i in config.kept()]))
         self.active = config
 
-    def reorder(self) -> dict[str, Any]:
-        """Permute heads (KV groups) and FFN neurons by weight magnitude, most important first.
+    def importance(self, batches: Iterable[dict[str, torch.Tensor]] | None = None) -> Importance:
+        """Scores of every KV group, FFN neuron and (with ``batches``) layer of the full model: see ``importance``."""
+        self.activate(self.space.largest())
+        if batches is None:
+            with torch.no_grad():
+                return magnitude_importance(self.layers, self._linears, self.space)
+        return measured_importance(self.model, self.layers, self._linears, self.space, batches)
 
-        The full model computes the same function afterwards; the returned scores are recorded.
+    def reorder(self, scores: Importance) -> dict[str, Any]:
+        """Permute heads (KV groups) and FFN neurons by ``scores``, most important first.
+
+        The full model computes the same function afterwards; the returned report (sorted scores) is recorded.
         """
         self.activate(self.space.largest())
         s = self.space
-        report: dict[str, Any] = {"measure": "L1 weight magnitude (heads: V rows + output columns per KV group; FFN: up rows x down columns)", "layers": []}
+        report: dict[str, Any] = {"measure": scores.measure, "calibration_tokens": scores.tokens, "layers": []}
         with torch.no_grad():
-            for layer in self.layers:
-                qkv = self._linears(layer, "qkv")
-                (o,) = self._linears(layer, "attn_out")
-                v_rows = qkv[-1].output_magnitude(block=qkv[-1].blocks - 1)  # the V projection (last block if fused)
-                group_score = o.input_magnitude().view(s.num_kv_heads, -1).sum(1) + v_rows.view(s.num_kv_heads, -1).sum(1)
-                group_order = torch.argsort(group_score, descending=True)
+            for i, (layer, group_score, neuron) in enumerate(zip(self.layers, scores.groups, scores.neurons)):
+                group_order = torch.argsort(group_score, descending=True, stable=True)
                 kv_idx = (group_order[:, None] * s.head_dim + torch.arange(s.head_dim)).flatten()
                 q_per_group = s.group_size * s.head_dim
                 q_idx = (group_order[:, None] * q_per_group + torch.arange(q_per_group)).flatten()
-                if len(qkv) == 1:
-                    qkv[0].permute_outputs(q_idx)
-                else:
-                    qkv[0].permute_outputs(q_idx)
+                qkv = self._linears(layer, "qkv")
+                qkv[0].permute_outputs(q_idx)
+                if len(qkv) == 3:
                     qkv[1].permute_outputs(kv_idx)
                     qkv[2].permute_outputs(kv_idx)
-                o.permute_inputs(q_idx)
-                ups, (down,) = self._linears(layer, "ffn_up"), self._linears(layer, "ffn_down")
-                neuron = down.input_magnitude() * sum(u.output_magnitude() for u in ups)
-                ffn_order = torch.argsort(neuron, descending=True)
-                for up in ups:
+                for o in self._linears(layer, "attn_out"):
+                    o.permute_inputs(q_idx)
+                ffn_order = torch.argsort(neuron, descending=True, stable=True)
+                for up in self._linears(layer, "ffn_up"):
                     up.permute_outputs(ffn_order)
-                down.permute_inputs(ffn_order)
-                report["layers"].append({"head_group_scores": group_score[group_order].tolist(), "ffn_scores_top8": neuron[ffn_order][:8].tolist()})
+                for down in self._linears(layer, "ffn_down"):
+                    down.permute_inputs(ffn_order)
+                entry = {"head_group_scores": group_score[group_order].tolist(), "head_group_order": group_order.tolist(),
+                         "ffn_scores_top8": neuron[ffn_order][:8].tolist(), "ffn_scores_bottom8": neuron[ffn_order][-8:].tolist()}
+                if scores.layer_influence is not None:
+                    entry["block_influence"] = scores.layer_influence[i]
+                report["layers"].append(entry)
+        if scores.layer_influence is not None:
+            report["drop_order"] = scores.drop_order()
         return report
 
     def extract(self, copy: bool = True) -> nn.Module:

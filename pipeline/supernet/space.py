@@ -5,7 +5,7 @@ import hashlib
 import random
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import family_for
@@ -42,6 +42,13 @@ class SearchSpace(BaseModel):
     ffn_choices: list[int]
     min_layers: int = 1
     skippable: bool = True
+    drop_order: list[int] = Field(default=[], description="layers in the order depth choices drop them (least influential first); empty: positional")
+
+    @model_validator(mode="after")
+    def _permutation(self) -> "SearchSpace":
+        if self.drop_order and sorted(self.drop_order) != list(range(self.num_layers)):
+            raise ValueError(f"drop_order must list each of the {self.num_layers} layers once")
+        return self
 
     @property
     def group_size(self) -> int:
@@ -67,23 +74,36 @@ class SearchSpace(BaseModel):
     def largest(self) -> SubnetConfig:
         return SubnetConfig(layers=[LayerChoice(heads=max(self.head_choices), ffn=max(self.ffn_choices))] * self.num_layers)
 
-    def smallest(self) -> SubnetConfig:
-        """Fewest layers, fewest heads, narrowest FFN. The kept layers are spread evenly and include the last:
-        on all-MiniLM-L6-v2, keeping only the first layers saturates the pooler's tanh and no amount of
-        sandwich training moved the classifier off chance (measured), whereas dropping middle layers is mild."""
-        keep = [True] * self.num_layers
-        if self.skippable:
-            n, k = self.num_layers, self.min_layers
-            kept = {round(i * (n - 1) / (k - 1)) for i in range(k)} if k > 1 else {n - 1}
-            keep = [i in kept for i in range(n)]
+    def layer_drop_order(self) -> list[int]:
+        """Which layers a sub-network of depth d drops: the first ``num_layers - d`` of this list.
+
+        Measured (``drop_order``): the least influential first. Positional (none measured): the layers between an even
+        spread of ``min_layers`` first, deepest first, then the spread itself except the last layer; on all-MiniLM-L6-v2
+        keeping only the first layers saturates the pooler's tanh and no sandwich training moved the classifier off
+        chance (measured), whereas dropping middle layers is mild."""
+        if self.drop_order:
+            return list(self.drop_order)
+        n, k = self.num_layers, max(self.min_layers, 1)
+        spread = {round(i * (n - 1) / (k - 1)) for i in range(k)} if k > 1 else {n - 1}
+        return [i for i in reversed(range(n)) if i not in spread] + [i for i in reversed(range(n - 1)) if i in spread] + [n - 1]
+
+    def kept_at_depth(self, depth: int) -> list[bool]:
+        """Keep flags of a sub-network of ``depth`` layers (all of them when layers are not skippable)."""
+        dropped = set(self.layer_drop_order()[: self.num_layers - depth]) if self.skippable else set()
+        return [i not in dropped for i in range(self.num_layers)]
+
+    def depths(self) -> list[int]:
+        return list(range(max(self.min_layers, 1), self.num_layers + 1)) if self.skippable else [self.num_layers]
+
+    def smallest(self, full_depth: bool = False) -> SubnetConfig:
+        """Fewest layers (the least influential dropped; ``full_depth``: all of them), fewest heads, narrowest FFN."""
+        keep = self.kept_at_depth(self.num_layers if full_depth else self.depths()[0])
         return SubnetConfig(layers=[LayerChoice(keep=k, heads=min(self.head_choices), ffn=min(self.ffn_choices)) for k in keep])
 
-    def sample(self, rng: random.Random) -> SubnetConfig:
-        depth = rng.randint(self.min_layers, self.num_layers) if self.skippable else self.num_layers
-        kept = set(rng.sample(range(self.num_layers), depth))
-        return SubnetConfig(layers=[
-            LayerChoice(keep=i in kept, heads=rng.choice(self.head_choices), ffn=rng.choice(self.ffn_choices)) for i in range(self.num_layers)
-        ])
+    def sample(self, rng: random.Random, full_depth: bool = False) -> SubnetConfig:
+        """A random sub-network: a uniform depth (``full_depth``: all layers), then widths per layer."""
+        keep = self.kept_at_depth(self.num_layers if full_depth else rng.choice(self.depths()))
+        return SubnetConfig(layers=[LayerChoice(keep=k, heads=rng.choice(self.head_choices), ffn=rng.choice(self.ffn_choices)) for k in keep])
 
 
 def model_dims(config: Any) -> dict[str, int]:
