@@ -1,16 +1,20 @@
-"""supernet-finetune: trains a super-network so that its sub-networks work (InstaTune's sandwich rule).
+"""supernet-finetune: trains a super-network so that its sub-networks work (InstaTune's sandwich rule, DynaBERT's teacher).
 
-Consumes: ``SuperNet`` and ``Dataset``. Produces: ``SuperNet`` with trained shared weights. Each step
-trains the largest sub-network on the task, then the smallest and ``random_subnets`` random ones on a
-mix of the task loss and distillation from the largest's outputs (in-place distillation). Validation
-scores the largest and the smallest each epoch; the best mean is kept. Checkpointed and resumable.
+Consumes: ``SuperNet`` and ``Dataset``. Produces: ``SuperNet`` with trained shared weights. Each step trains the
+largest sub-network, the smallest and ``random_subnets`` random ones, each on a mix of the task loss and
+distillation. ``teacher: finetuned`` (the default) distils every sub-network from the frozen fine-tuned model the
+super-network was made from: its logits, plus its hidden states at the layers the sub-network kept (the hidden width
+is never pruned, so shapes allow it everywhere), as DynaBERT does; ``largest`` distils from the largest sub-network's
+logits in the same step (in-place distillation). The first ``width_first`` share of the steps samples widths at full
+depth, the rest depths too (DynaBERT's width-then-depth schedule). Validation scores the largest and the smallest
+each epoch; the best mean is kept. Checkpointed and resumable mid-epoch.
 """
 from __future__ import annotations
 
 import json
 import random
 import shutil
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,16 +23,21 @@ from pydantic import Field
 from tailorfit.pipeline.contract import Pass, PassContext
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.models.handles import Dataset, SuperNet
-from tailorfit.pipeline.models.loading import input_names, load_preprocessor
-from tailorfit.pipeline.models.training import TaskData, TrainingConfig, save_folder_atomic, train
+from tailorfit.pipeline.models.loading import input_names, load_preprocessor, load_torch_model
+from tailorfit.pipeline.models.training import TaskData, TrainingConfig, save_folder_atomic, total_steps, train
+from tailorfit.pipeline.supernet.space import SubnetConfig
 
 from .supernet import SIDECARS, load_supernet
 
 
 class SupernetFinetuneConfig(TrainingConfig):
     random_subnets: int = Field(default=2, ge=0, description="random sub-networks trained per step besides the largest and smallest")
-    distillation_weight: float = Field(default=0.5, ge=0, le=1, description="share of the distillation loss for non-largest sub-networks")
+    teacher: Literal["finetuned", "largest"] = Field(
+        default="finetuned", description="finetuned: the frozen model the super-network was made from; largest: the largest sub-network in the same step")
+    distillation_weight: float = Field(default=0.5, ge=0, le=1, description="share of the distillation loss (the rest: the task loss)")
+    hidden_weight: float = Field(default=1.0, ge=0, description="teacher finetuned: weight of the hidden-state loss beside the logits'")
     temperature: float = Field(default=2.0, gt=0, description="softmax temperature of the distillation loss")
+    width_first: float = Field(default=0.5, ge=0, le=1, description="share of the steps that sample widths at full depth before depths are sampled")
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -39,9 +48,17 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     ) * temperature**2
 
 
+def hidden_state_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], kept: list[int]) -> torch.Tensor:
+    """Mean squared error of the student's layer outputs against the teacher's at the layers it kept, each relative to
+    the teacher's mean square (decoders' hidden states reach magnitudes in the hundreds). The last state, the one the
+    head reads (after a final norm in decoders), is matched to the teacher's last whichever layer produced it."""
+    pairs = [(student[j + 1], teacher[layer + 1]) for j, layer in enumerate(kept[:-1])] + [(student[-1], teacher[-1])]
+    return sum(F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-6) for s, t in pairs) / len(pairs)
+
+
 class SupernetFinetune(Pass):
     name = "supernet-finetune"
-    version = 2  # 2: the smallest sub-network keeps evenly spaced layers, the last included
+    version = 3  # 3: distillation from the fine-tuned teacher, widths before depths
     Config = SupernetFinetuneConfig
     packages = ("torch", "transformers")
 
@@ -60,20 +77,35 @@ class SupernetFinetune(Pass):
         tok = load_preprocessor(supernet.source)
         task = TaskData.load(tok, data, input_names(net, supernet.source), c.max_length)
         out = ctx.work_dir / "supernet"
+        teacher = load_torch_model(supernet.source).eval().requires_grad_(False) if c.teacher == "finetuned" else None
+        widths_until = c.width_first * total_steps(task, c)
+
+        def loss_of(config: SubnetConfig, batch: dict[str, torch.Tensor], target: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+            """The loss of one sub-network against ``target`` (teacher outputs, or the largest's logits), and, for the
+            largest trained in place, its logits as the others' target."""
+            elastic.activate(config)
+            student = net(**batch, output_hidden_states=teacher is not None)
+            if target is None:  # the largest, in-place: it is the teacher
+                return student.loss, student.logits.detach()
+            soft = distillation_loss(student.logits, target.logits if teacher is not None else target, c.temperature)
+            if teacher is not None and c.hidden_weight:
+                soft = soft + c.hidden_weight * hidden_state_loss(student.hidden_states, target.hidden_states, config.kept())
+            return (1 - c.distillation_weight) * student.loss + c.distillation_weight * soft, None
 
         def step(batch: dict[str, torch.Tensor], index: int) -> float:
             rng = random.Random(ctx.seed * 1_000_003 + index)  # the same sub-networks after a resume
-            elastic.activate(space.largest())
-            largest = net(**batch)
-            largest.loss.backward()
-            teacher = largest.logits.detach()
-            for config in [space.smallest()] + [space.sample(rng) for _ in range(c.random_subnets)]:
-                elastic.activate(config)
-                student = net(**batch)
-                loss = (1 - c.distillation_weight) * student.loss + c.distillation_weight * distillation_loss(student.logits, teacher, c.temperature)
-                loss.backward()
+            full_depth = index < widths_until
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(**batch, output_hidden_states=True)
+                largest, _ = loss_of(space.largest(), batch, target)
+            else:
+                largest, target = loss_of(space.largest(), batch, None)
+            largest.backward()
+            for config in [space.smallest(full_depth)] + [space.sample(rng, full_depth) for _ in range(c.random_subnets)]:
+                loss_of(config, batch, target)[0].backward()
             elastic.activate(space.largest())  # checkpoints and saving need every layer present
-            return largest.loss.item()
+            return largest.item()
 
         def end_of_epoch(state: dict[str, Any]) -> None:
             elastic.activate(space.smallest())
