@@ -4,7 +4,7 @@ import torch
 
 from tailorfit.pipeline.contract import BEFORE_EACH_STEP, PassContext
 
-from . import benchmark, dataset, evaluate, extract, finetune, load, lower, package, quantize, search, select, supernet, supernet_finetune  # noqa: F401
+from . import benchmark, choose, dataset, distill, evaluate, extract, finetune, load, lower, package, quantize, search, select, supernet, supernet_finetune  # noqa: F401
 
 
 def _torch_threads(ctx: PassContext) -> None:

@@ -66,6 +66,8 @@ class Package(Pass):
             entry: dict[str, Any] = {"candidate": cand, "model": source.name, "task": source.task, "family": source.family, "notes": source.notes, "measured": when, "host": host_info(), "targets": {}}
             if source.selection is not None:  # the search-time (validation) measurements, beside the final ones below
                 entry["selection"] = source.selection.model_dump(mode="json")
+            if source.distillation is not None:
+                entry["distillation"] = source.distillation
             for target_name, m in sorted(by_target.items()):
                 target = get_target(target_name)
                 dest = folder / target.folder

@@ -10,6 +10,9 @@ read the validation-split measurements of the search:
 - ``most_accurate``: highest accuracy on the front;
 - ``knee``: the front point farthest from the line joining its two extremes (latency vs accuracy, normalised).
 
+``rank: k`` takes the k-th best by the rule instead of the best (the default recipe distils the three fastest
+under a relaxed constraint and lets ``choose`` keep the fastest that still holds the accuracy).
+
 Latency here is the search's paired ratio to the unpruned FP32 model (timed interleaved with it).
 
 When no candidate satisfies the rule the step is skipped, with the reason in the manifest: nothing that breaks
@@ -34,6 +37,7 @@ from .extract import Extract, ExtractConfig
 class SelectConfig(PassConfig):
     rule: Literal["fastest", "smallest", "most_accurate", "knee"] = "fastest"
     max_accuracy_drop: float | None = Field(default=1.0, ge=0, description="fastest / smallest: accuracy points below unpruned FP32 allowed (paired, validation)")
+    rank: int = Field(default=1, ge=1, description="fastest / smallest / most_accurate: take the rank-th best (finalists for distill + choose)")
     name: str | None = Field(default=None, description="model name for candidate ids (default: <rule>-<candidate id>)")
 
 
@@ -60,24 +64,29 @@ class Select(Pass):
 
     def _describe(self) -> str:
         c = self.config
-        return f"{c.rule} within {c.max_accuracy_drop} pts of FP32" if c.rule in ("fastest", "smallest") and c.max_accuracy_drop is not None else c.rule
+        described = f"{c.rule} within {c.max_accuracy_drop} pts of FP32" if c.rule in ("fastest", "smallest") and c.max_accuracy_drop is not None else c.rule
+        return described if c.rank == 1 else f"{described}, rank {c.rank}"
 
     def _pick(self, front: list[dict[str, Any]]) -> dict[str, Any]:
         c = self.config
         if not front:
             raise StepSkipped("the search found no candidate meeting its constraints")
-        if c.rule == "most_accurate":
-            return max(front, key=lambda r: r["metrics"]["accuracy"])
         if c.rule == "knee":
             return _knee(front)
-        eligible = front
-        if c.max_accuracy_drop is not None:
-            eligible = [r for r in front if -100 * r["metrics"]["accuracy_change_vs_fp32"]["difference"] <= c.max_accuracy_drop + 1e-9]
-        if not eligible:
-            best = min(-100 * r["metrics"]["accuracy_change_vs_fp32"]["difference"] for r in front)
-            raise StepSkipped(f"no Pareto candidate is within {c.max_accuracy_drop} accuracy points of FP32 (the closest is {best:.2f} below)")
-        metric = "latency_ratio" if c.rule == "fastest" else "size_mb"
-        return min(eligible, key=lambda r: (r["metrics"][metric], -r["metrics"]["accuracy"]))
+        if c.rule == "most_accurate":
+            ranked = sorted(front, key=lambda r: -r["metrics"]["accuracy"])
+        else:
+            eligible = front
+            if c.max_accuracy_drop is not None:
+                eligible = [r for r in front if -100 * r["metrics"]["accuracy_change_vs_fp32"]["difference"] <= c.max_accuracy_drop + 1e-9]
+            if not eligible:
+                best = min(-100 * r["metrics"]["accuracy_change_vs_fp32"]["difference"] for r in front)
+                raise StepSkipped(f"no Pareto candidate is within {c.max_accuracy_drop} accuracy points of FP32 (the closest is {best:.2f} below)")
+            metric = "latency_ratio" if c.rule == "fastest" else "size_mb"
+            ranked = sorted(eligible, key=lambda r: (r["metrics"][metric], -r["metrics"]["accuracy"]))
+        if c.rank > len(ranked):
+            raise StepSkipped(f"only {len(ranked)} Pareto candidates meet the rule, so there is no rank {c.rank}")
+        return ranked[c.rank - 1]
 
 
 def _knee(front: list[dict[str, Any]]) -> dict[str, Any]:

@@ -83,7 +83,9 @@ class Supernet(Pass):
         with torch.inference_mode():
             before = wrapper(*example)
         elastic = ElasticModel(net, family_by_name(model.family), space)
-        scores = elastic.importance(self._calibration(ctx, model, data, names) if self.config.importance == "activation" else None)
+        positions = getattr(net.config, "max_position_embeddings", None) or self.config.max_length
+        calibration = self._calibration(ctx, model, data, names, min(self.config.max_length, positions)) if self.config.importance == "activation" else None
+        scores = elastic.importance(calibration)
         report = elastic.reorder(scores)
         if scores.layer_influence is not None:
             space = space.model_copy(update={"drop_order": scores.drop_order()})
@@ -102,9 +104,9 @@ class Supernet(Pass):
                      space.num_layers, space.head_choices, space.ffn_choices, self.config.importance, space.layer_drop_order(), drift)
         return SuperNet(path=out, source=model, space=space)
 
-    def _calibration(self, ctx: PassContext, model: HFModel, data: Dataset, names: list[str]) -> list[dict[str, torch.Tensor]]:
-        """A seeded sample of the training split, in batches of 16."""
-        task = TaskData.load(load_preprocessor(model), data, names, self.config.max_length)
+    def _calibration(self, ctx: PassContext, model: HFModel, data: Dataset, names: list[str], max_length: int) -> list[dict[str, torch.Tensor]]:
+        """A seeded sample of the training split, in batches of 16, no longer than the model's positions."""
+        task = TaskData.load(load_preprocessor(model), data, names, max_length)
         rows = random.Random(ctx.seed).sample(task.train, min(self.config.calibration_samples, len(task.train)))
         return [task.batch(part) for part in chunks(rows, 16)]
 

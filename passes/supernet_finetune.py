@@ -17,11 +17,11 @@ import shutil
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from tailorfit.pipeline.contract import Pass, PassContext
 from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.models.distillation import distillation_loss, student_loss
 from tailorfit.pipeline.models.handles import Dataset, SuperNet
 from tailorfit.pipeline.models.loading import input_names, load_preprocessor, load_torch_model
 from tailorfit.pipeline.models.training import TaskData, TrainingConfig, save_folder_atomic, total_steps, train
@@ -38,22 +38,6 @@ class SupernetFinetuneConfig(TrainingConfig):
     hidden_weight: float = Field(default=1.0, ge=0, description="teacher finetuned: weight of the hidden-state loss beside the logits'")
     temperature: float = Field(default=2.0, gt=0, description="softmax temperature of the distillation loss")
     width_first: float = Field(default=0.5, ge=0, le=1, description="share of the steps that sample widths at full depth before depths are sampled")
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) at a temperature, scaled by T^2 so gradients keep their size."""
-    vocab = student.shape[-1]
-    return F.kl_div(
-        F.log_softmax(student.reshape(-1, vocab) / temperature, -1), F.softmax(teacher.reshape(-1, vocab) / temperature, -1), reduction="batchmean"
-    ) * temperature**2
-
-
-def hidden_state_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], kept: list[int]) -> torch.Tensor:
-    """Mean squared error of the student's layer outputs against the teacher's at the layers it kept, each relative to
-    the teacher's mean square (decoders' hidden states reach magnitudes in the hundreds). The last state, the one the
-    head reads (after a final norm in decoders), is matched to the teacher's last whichever layer produced it."""
-    pairs = [(student[j + 1], teacher[layer + 1]) for j, layer in enumerate(kept[:-1])] + [(student[-1], teacher[-1])]
-    return sum(F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-6) for s, t in pairs) / len(pairs)
 
 
 class SupernetFinetune(Pass):
@@ -87,9 +71,9 @@ class SupernetFinetune(Pass):
             student = net(**batch, output_hidden_states=teacher is not None)
             if target is None:  # the largest, in-place: it is the teacher
                 return student.loss, student.logits.detach()
-            soft = distillation_loss(student.logits, target.logits if teacher is not None else target, c.temperature)
-            if teacher is not None and c.hidden_weight:
-                soft = soft + c.hidden_weight * hidden_state_loss(student.hidden_states, target.hidden_states, config.kept())
+            if teacher is not None:
+                return student_loss(student, target, config.kept(), c.distillation_weight, c.hidden_weight, c.temperature), None
+            soft = distillation_loss(student.logits, target, c.temperature)
             return (1 - c.distillation_weight) * student.loss + c.distillation_weight * soft, None
 
         def step(batch: dict[str, torch.Tensor], index: int) -> float:

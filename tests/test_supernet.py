@@ -378,7 +378,7 @@ def test_a_sliced_trained_decoder_stays_far_below_a_uniform_guess(tiny_llama):
 
 
 def test_hidden_states_are_matched_at_the_layers_a_subnetwork_kept():
-    from tailorfit.passes.supernet_finetune import hidden_state_loss
+    from tailorfit.pipeline.models.distillation import hidden_state_loss
 
     teacher = tuple(torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(i)) for i in range(5))  # embeddings + 4 layers
     kept = [0, 2, 3]

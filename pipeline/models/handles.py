@@ -37,6 +37,7 @@ class HFModel(Handle):
     num_labels: int | None = None
     notes: list[str] = []  # caveats every model card derived from it must state
     selection: Selection | None = None  # set by ``select``: the searched candidate this model is
+    distillation: dict[str, Any] | None = None  # set by ``distill``: the teacher, steps, validation score before and after
 
 
 class Dataset(Handle):

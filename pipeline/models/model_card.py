@@ -91,6 +91,11 @@ def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
                   f"heads {'/'.join(str(c['heads']) for c in kept)}, FFN {'/'.join(str(c['ffn']) for c in kept)}.",
                   f"At search time ({sm['split']} split, {sm['target']}): accuracy {sm['accuracy'] * 100:.2f}% "
                   f"(cheap PyTorch estimate {sm['accuracy_estimate'] * 100:.2f}%), latency {sm['latency_ms']:.2f} ms (x{sm['latency_ratio']:.2f} of the unpruned FP32 model, timed interleaved), {sm['size_mb']:.1f} MB; the table above is measured afresh on the test split."]
+    distilled = entry.get("distillation")
+    if distilled:
+        scale, unit = (100, "%") if distilled["measure"].startswith("accuracy") else (1, "")
+        lines += ["", f"Distilled from `{distilled['teacher']}` for {distilled['steps']} steps ({'logits and hidden states' if distilled['hidden_states'] else 'logits'}): "
+                  f"{distilled['split']} {distilled['measure']} {distilled['before'] * scale:.2f}{unit} before, {distilled['after'] * scale:.2f}{unit} after."]
     lines += ["", "## How it was made", "", "The steps this candidate came from, in order, with their configs:", ""]
     steps = manifest.get("steps", {})
     lineage = _ancestors(steps, {m["step"] for m in entry["targets"].values() if "step" in m})

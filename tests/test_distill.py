@@ -1,0 +1,72 @@
+"""distill (a student from its teacher) and choose (the fastest finalist that still holds), on tiny models."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tailorfit.pipeline import TailorfitError, run_pipeline
+from test_search import _search_recipe
+
+TINY = {"max_length": 24, "batch_size": 16}
+
+
+def test_a_distilled_subnetwork_recovers_accuracy_its_teacher_has(tiny_bert, sentences_csv, tmp_path):
+    recipe = {"name": "distill", "seed": 0, "threads": 2, "steps": [
+        {"id": "model", "pass": "load", "config": {"path": str(tiny_bert), "task": "text-classification", "name": "tiny"}},
+        {"id": "data", "pass": "dataset", "config": {"path": str(sentences_csv)}},
+        {"id": "ft", "pass": "finetune", "config": {"max_steps": 60, "learning_rate": 3e-3, **TINY}},
+        {"id": "super", "pass": "supernet", "config": {"ffn_step": 16, "min_layers": 1}},
+        {"id": "small", "pass": "extract", "config": {"subnet": "smallest"}},
+        {"id": "distilled", "pass": "distill", "inputs": {"student": "small", "teacher": "ft"}, "config": {"epochs": 2, "max_steps": 40, "learning_rate": 3e-3, **TINY}},
+        {"id": "ov", "pass": "lower", "config": {"target": "openvino-cpu"}},
+        {"id": "ov-eval", "pass": "evaluate", "config": {"split": "validation", "max_length": 24, "bootstrap": 200}},
+    ]}
+    result = run_pipeline(recipe, out=tmp_path, quiet=True)
+    record = json.loads((result.outputs["distilled"].path / "distillation.json").read_text())
+    assert record["teacher"] == "tiny" and record["steps"] == 40 and record["hidden_states"] and len(record["loss"]) == 40
+    assert record["after"] > record["before"] + 0.1, record  # the cut-down student starts near chance; its teacher knows the task
+    assert result.outputs["distilled"].distillation["after"] == record["after"]
+    # the runtime agrees with PyTorch on the distilled weights (same validation rows)
+    assert result.outputs["ov-eval"].metrics["accuracy"] == pytest.approx(record["after"], abs=0.02)
+
+
+def test_distill_refuses_a_student_that_is_its_own_teacher(tiny_bert, sentences_csv, tmp_path):
+    recipe = {"name": "self", "steps": [
+        {"id": "model", "pass": "load", "config": {"path": str(tiny_bert), "task": "text-classification"}},
+        {"id": "data", "pass": "dataset", "config": {"path": str(sentences_csv)}},
+        {"id": "ft", "pass": "finetune", "config": {"max_steps": 2, **TINY}},
+        {"id": "d", "pass": "distill", "config": {"max_steps": 2, **TINY}},
+    ]}
+    with pytest.raises(TailorfitError, match="teacher is its student"):
+        run_pipeline(recipe, out=tmp_path, quiet=True)
+
+
+def test_finalists_are_distilled_measured_again_and_the_fastest_that_holds_is_packaged(tiny_bert, sentences_csv, tmp_path):
+    recipe = _search_recipe(tiny_bert, sentences_csv, name="finalists")
+    steps = [s for s in recipe["steps"] if s["id"] in ("model", "data", "ft", "ov-fp32", "supernet", "search")]
+    steps.insert(steps.index(next(s for s in steps if s["id"] == "supernet")),
+                 {"id": "ov-fp32-val", "pass": "evaluate", "inputs": {"model": "ov-fp32"}, "config": {"split": "validation", "max_length": 24, "bootstrap": 200}})
+    for rank in (1, 2):
+        steps += [
+            {"id": f"pick{rank}", "pass": "select", "inputs": {"search": "search"}, "config": {"rule": "fastest", "max_accuracy_drop": 100.0, "rank": rank}},
+            {"id": f"pick{rank}-kd", "pass": "distill", "inputs": {"teacher": "ft"}, "config": {"max_steps": 10, "learning_rate": 3e-3, **TINY}},
+            {"id": f"pick{rank}-ov", "pass": "lower", "config": {"target": "openvino-cpu"}},
+            {"id": f"pick{rank}-int8", "pass": "quantize", "config": {"policy": "selected", "calibration_samples": 8, "max_length": 24}},
+            {"id": f"pick{rank}-val", "pass": "evaluate", "config": {"split": "validation", "max_length": 24, "bootstrap": 200}},
+        ]
+    steps += [
+        {"id": "chosen", "pass": "choose", "inputs": {"candidates": ["pick1-val", "pick2-val"], "reference": "ov-fp32-val"}, "config": {"max_accuracy_drop": 100.0}},
+        {"id": "chosen-test", "pass": "evaluate", "config": {"max_length": 24, "bootstrap": 200}},
+        {"id": "package", "pass": "package"},
+    ]
+    result = run_pipeline({**recipe, "steps": steps}, out=tmp_path, quiet=True)
+    finalists = result.outputs["chosen"].metrics["finalists"]
+    assert len(finalists) == 2 and all(f["distillation"]["steps"] == 10 for f in finalists)
+    assert result.outputs["chosen"].candidate == min(finalists, key=lambda f: (f["latency_ratio"], -f["accuracy"]))["candidate"]
+    assert result.outputs["chosen-test"].metrics["split"] == "test"
+    packaged = json.loads((result.run_dir / "metrics.json").read_text())
+    picked = [c for c in packaged.values() if "selection" in c]
+    assert len(picked) == 1 and "distillation" in picked[0]  # the finalists measured on validation are not shipped
+    card = (result.run_dir / "candidates" / picked[0]["candidate"] / "README.md").read_text()
+    assert "Distilled from `tiny`" in card
