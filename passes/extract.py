@@ -12,7 +12,7 @@ import json
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.supernet.cost import CostModel
@@ -20,13 +20,28 @@ from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.models.handles import HFModel, SuperNet
 from tailorfit.pipeline.models.loading import ARCHITECTURE, ExportWrapper, example_inputs, input_names, load_preprocessor
-from tailorfit.pipeline.supernet.space import SubnetConfig, subnet_id
+from tailorfit.pipeline.supernet.space import LayerChoice, SearchSpace, SubnetConfig, subnet_id
 
 from .supernet import load_supernet
 
 
+class UniformSubnet(BaseModel):
+    """The same choice in every kept layer; ``depth`` layers kept by the super-network's drop order."""
+
+    model_config = ConfigDict(extra="forbid")
+    depth: int | None = Field(default=None, ge=1, description="layers kept (default: all); the least influential are dropped first")
+    heads: int | None = Field(default=None, ge=1, description="query heads per layer (default: all)")
+    ffn: int | None = Field(default=None, ge=0, description="FFN width per layer (default: all)")
+
+    def resolve(self, space: SearchSpace) -> SubnetConfig:
+        keep = space.kept_at_depth(self.depth or space.num_layers)
+        heads, ffn = self.heads or max(space.head_choices), max(space.ffn_choices) if self.ffn is None else self.ffn
+        return SubnetConfig(layers=[LayerChoice(keep=k, heads=heads, ffn=ffn) for k in keep])
+
+
 class ExtractConfig(PassConfig):
-    subnet: Literal["largest", "smallest"] | SubnetConfig = Field(description="'largest', 'smallest', or {layers: [{keep, heads, ffn}, ...]}")
+    subnet: Literal["largest", "smallest"] | SubnetConfig | UniformSubnet = Field(
+        description="'largest', 'smallest', {depth, heads, ffn} (uniform, depth by the drop order) or {layers: [{keep, heads, ffn}, ...]}")
     seq_len: int = Field(default=128, ge=1, description="sequence length the recorded MACs are computed for")
     name: str | None = Field(default=None, description="model name for candidate ids (default: <source name>-<sub-network id>)")
 
@@ -43,6 +58,8 @@ class Extract(Pass):
         facts = {k: v for k, v in inputs["supernet"].items() if k not in ("num_layers", "dims")}
         if isinstance(self.config.subnet, SubnetConfig):
             facts["num_layers"] = len(self.config.subnet.kept())
+        elif isinstance(self.config.subnet, UniformSubnet) and self.config.subnet.depth:
+            facts["num_layers"] = self.config.subnet.depth
         return facts
 
     def _config(self, supernet: SuperNet) -> SubnetConfig:
@@ -51,6 +68,8 @@ class Extract(Pass):
             return supernet.space.largest()
         if chosen == "smallest":
             return supernet.space.smallest()
+        if isinstance(chosen, UniformSubnet):
+            chosen = chosen.resolve(supernet.space)
         supernet.space.check(chosen)
         return chosen
 
