@@ -10,6 +10,10 @@ the cheap estimate: the extracted weights in PyTorch with the policy simulated b
 recipe picks which accuracy drives the search; both are recorded so their rank agreement is reported.
 The unpruned model in FP32 and fully INT8 is measured first, in the same run, as the baselines. Latency is
 timed interleaved with the unpruned FP32 model kept loaded, and the search optimises that paired ratio.
+Before the search, a per-layer latency table (``latency_table.json``: every attention and FFN block shape x
+precision pair, lowered, quantized and timed on the target; ``pipeline/search/latency_table.py``) is timed once and
+kept in the step's folder; its estimate of each candidate is the latency predictor's extra input, or the predictor
+itself where that cross-validates better, and history.json records its error beside the predictor's.
 Each batch of new candidates is handed to the context's executor (``search_tasks``: in-process, or Ray tasks,
 latency only on nodes advertising the target); this pass alone writes the store, in candidate order, so the
 store is the same whichever executor measured it.
@@ -23,15 +27,18 @@ import pickle
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from tailorfit.pipeline.cache import write_json_atomic
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext, PortFacts, ProgressTask
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.search.store import EvaluationStore
 from tailorfit.pipeline.search.genome import Candidate, Genome
+from tailorfit.pipeline.search.latency_table import BlockShapes, LatencyTable, build_table, table_specs
+from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.models.handles import Dataset, Lowered, SearchResult, SuperNet
 from tailorfit.pipeline.models.policy import QuantizationPolicy
 from tailorfit.pipeline.search.multiobjective import IntegerProblem, SearchSettings, run_search
@@ -40,7 +47,7 @@ from tailorfit.targets import TARGETS
 
 from .extract import Extract, ExtractConfig
 from .lower import Lower, LowerConfig
-from .search_tasks import BuiltCandidate, TaskSettings, Timed, build_and_score, time_latency
+from .search_tasks import BuiltCandidate, TaskSettings, Timed, build_and_score, time_latency, time_latency_table
 
 
 class SearchConfig(PassConfig, SearchSettings):
@@ -57,6 +64,7 @@ class SearchConfig(PassConfig, SearchSettings):
     latency_runs: int = Field(default=50, ge=10, description="timed rounds per candidate, each interleaved with the unpruned FP32 model")
     calibration_samples: int = Field(default=64, ge=1, description="quantization calibration rows per candidate")
     near_largest: float = Field(default=0.5, ge=0, le=1, description="share of random candidates drawn near the unpruned architecture (the rest: uniform depth)")
+    latency_table: bool = Field(default=True, description="time a per-layer latency table on the target once per search (latency_table.json) and give its estimate to the latency predictor")
     hv_accuracy_margin: float = Field(default=10.0, gt=0, description="hypervolume reference: this many accuracy points below the FP32 baseline")
     store: Path | None = Field(default=None, description="an evaluation store to resume or warm-start from (default: one in the step's folder)")
     seed: int | None = Field(default=None, description="default: the recipe's seed")  # type: ignore[assignment]
@@ -76,7 +84,7 @@ class SearchConfig(PassConfig, SearchSettings):
 
 class Search(Pass):
     name = "search"
-    version = 3  # 3: latency as a ratio to the unpruned FP32 model timed interleaved with each candidate
+    version = 4  # 3: latency as a ratio to the unpruned FP32 model timed interleaved with each candidate; 4: the latency table
     Config = SearchConfig
     packages = ("torch", "transformers", "pymoo", "scikit-learn")  # and the target's (packages_for)
     keyed_context = ("seed", "threads")  # it times candidates
@@ -111,15 +119,16 @@ class Search(Pass):
         evaluator = CandidateEvaluator(ctx, supernet, data, c)
         try:
             baselines = self._baselines(genome, store, evaluator, ctx)
+            estimates = self._latency_estimates(genome, evaluator) if c.latency_table else {}
             problem = IntegerProblem(*genome.bounds(), n_obj=len(c.objectives), n_constr=len(_constraints(c)), canonical=genome.canonical,
-                                     sample=lambda rng, k: genome.sample(rng, k, c.near_largest))
+                                     sample=lambda rng, k: genome.sample(rng, k, c.near_largest), estimates=estimates)
             settings = SearchSettings(**c.model_dump(include=set(SearchSettings.model_fields)) | {"seed": ctx.seed if c.seed is None else c.seed})
             with ctx.progress(f"measuring candidates on {c.target}", c.budget) as bar:
                 def measure(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                     return objective_matrix(evaluator.measured(genome, store, list(X), "search", bar), c, baselines["fp32"])
 
                 history = run_search(problem, measure, settings, on_iteration=lambda h: write_report(ctx.work_dir, h, store, c, baselines, final=False))
-            report = write_report(ctx.work_dir, history, store, c, baselines, final=True)
+            report = write_report(ctx.work_dir, history, store, c, baselines, final=True, estimates=estimates)
         finally:
             store.close()
         shutil.rmtree(ctx.work_dir / "built", ignore_errors=True)  # builds awaiting latency: none left once the search is done
@@ -140,6 +149,27 @@ class Search(Pass):
         genomes = [genome.encode(largest, QuantizationPolicy(default=p).resolve(genome.space.num_layers)) for p in precisions]
         with ctx.progress(f"measuring the unpruned baselines on {self.config.target}", len(genomes)) as bar:
             return dict(zip(precisions, evaluator.measured(genome, store, genomes, "baseline", bar)))
+
+    def _latency_estimates(self, genome: Genome, evaluator: "CandidateEvaluator") -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        """The latency table's estimate of each column that is a latency: the ratio objective, the max_latency_ms constraint."""
+        c = self.config
+        columns = {f"f{c.objectives.index('latency')}": "ratio"} if "latency" in c.objectives else {}
+        if c.max_latency_ms is not None:
+            columns[f"g{_constraints(c).index('max_latency_ms')}"] = "ms"
+        if not columns:
+            return {}
+        table = evaluator.latency_table(genome)
+        full = table.full_ms(genome.space)
+
+        @functools.lru_cache(maxsize=None)  # the inner loop asks for the same genomes generation after generation
+        def estimate_ms(g: tuple[int, ...]) -> float:
+            return table.estimate_ms(genome.decode(np.array(g)))
+
+        def column(kind: str) -> Callable[[np.ndarray], np.ndarray]:
+            value = (lambda ms: ms / full) if kind == "ratio" else (lambda ms: ms - c.max_latency_ms)
+            return lambda X: np.array([value(estimate_ms(tuple(int(v) for v in row))) for row in X])
+
+        return {name: column(kind) for name, kind in columns.items()}
 
 
 def _refuse_causal_lm(task: str | None) -> None:
@@ -176,6 +206,28 @@ class CandidateEvaluator:
         folder = self._reference()
         reference = Lowered.model_validate_json((folder / "lowered.json").read_text()).relocate(self.ctx.work_dir / "reference.partial", folder)
         return {"reference": reference, "reference_folder": self.ctx.executor.share(folder), "settings": self.settings}
+
+    def latency_table(self, genome: Genome) -> LatencyTable:
+        """Timed once per search on the target (``search_tasks.time_latency_table``) and kept in the step's folder, so a
+        resumed search reads it back instead of timing it again."""
+        c, path = self.config, self.ctx.work_dir / "latency_table.json"
+        if path.is_file():  # the step's folder is keyed by everything the timings depend on
+            return LatencyTable.model_validate_json(path.read_text())
+        measured = {"supernet": str(self.supernet.key), "target": c.target, "sequence_length": c.sequence_length, "threads": self.ctx.threads}
+        space, family = genome.space, family_by_name(self.supernet.source.family)
+        shapes = BlockShapes(hidden=space.hidden_size, head_dim=space.head_dim, group_size=space.group_size, qkv_linears=len(family.groups["qkv"]),
+                             up_linears=len(family.groups["ffn_up"]), sequence_length=c.sequence_length)
+        specs = table_specs(space, genome.precisions)
+        with self.ctx.progress(f"timing the latency table on {c.target} ({len(specs)} blocks)", None):
+            [timed] = self.ctx.executor.map(time_latency_table, [specs], {"shapes": shapes, **self.latency_args}, resources={c.target: 1})
+        table = build_table(specs, timed, space, shapes, measured)
+        if off := [e for e in table.entries if e.runtime_precisions != e.precisions]:
+            self.ctx.log.warning("latency table: the runtime does not run %d blocks in the precisions asked, e.g. %s %d: %s for %s",
+                                 len(off), off[0].block, off[0].width, off[0].runtime_precisions, off[0].precisions)
+        write_json_atomic(path, table.model_dump(mode="json"))
+        self.ctx.log.info("latency table: %d blocks timed in %.0f s; unpruned FP32 %.2f ms, of which %.2f ms outside the layers",
+                          len(specs), table.seconds, table.reference_ms, table.fixed_ms)
+        return table
 
     def _reference(self) -> Path:
         """The unpruned FP32 model on the target, built once per search: every candidate is timed interleaved with it."""

@@ -10,7 +10,11 @@
   predicted values: predicted-feasible first, best front first, diverse by crowding distance,
   next fronts when the first is too small); measure them for real; refit; repeat until the
   measured budget is spent.  Each iteration records how well the predictors, fitted *before*
-  the batch was measured, ranked it (Kendall tau) -- honest out-of-sample quality.
+  the batch was measured, ranked it (Kendall tau) -- honest out-of-sample quality.  A column
+  may come with a cheap estimate of its value per genome (``IntegerProblem.estimates``, e.g. a
+  latency table): its predictor may then take the estimate as one more input, or be the estimate
+  itself or an affine fit of it, whichever cross-validates best, and every batch records the
+  estimate's own error beside the predictor's.
 * ``nsga2`` / ``agemoea`` / ``nsga3`` -- the plain pymoo algorithm through its ask/tell
   interface on real measurements; genomes already measured are answered from the history.
 * ``random`` -- random genomes, drawn like every algorithm's initial population
@@ -29,7 +33,7 @@ Kendall tau (scipy).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,10 +55,10 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from pymoo.util.ref_dirs import get_reference_directions
 from pymoo.util.reference_direction import get_partition_closest_to_points
 from scipy.stats import kendalltau
-from sklearn.base import clone
-from sklearn.compose import TransformedTargetRegressor
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.ensemble import GradientBoostingRegressor
-from sklearn.linear_model import Ridge
+from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.model_selection import KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -76,6 +80,13 @@ class IntegerProblem:
     # sample(rng, k) -> (k, n_var) genomes: how random candidates are drawn (the initial population of every
     # algorithm and random search); default uniform per gene.
     sample: Callable[[np.random.Generator, int], np.ndarray] | None = None
+    # estimates[column](X (k, n_var) canonical) -> (k,): a cheap estimate of a column's value, columns named "f0", "f1", ...
+    # (objectives) then "g0", ... (constraints); see fit_predictor for how LINAS uses it.
+    estimates: Mapping[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        return [f"f{i}" for i in range(self.n_obj)] + [f"g{j}" for j in range(self.n_constr)]
 
 
 # measure(X (k, n_var) int, canonical, never measured) -> (F (k, n_obj), G (k, n_constr)); slow.
@@ -103,6 +114,8 @@ class Iteration:
     # LINAS: per column ("f0", "g0", ...) model, cv_mae and batch_mape / batch_kendall_tau of the
     # predictions made before this batch was measured (None where undefined).
     predictors: dict[str, dict] = field(default_factory=dict)
+    # per column with an estimate: batch_mape / batch_kendall_tau of the estimate alone on this batch
+    estimates: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,18 +159,47 @@ def hypervolume_curve(history: SearchHistory, reference: np.ndarray) -> list[tup
     return curve
 
 
-def fit_predictor(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[Any, dict]:
-    """The regressor with the lowest k-fold MAE, refitted on all points; {"model", "cv_mae"}."""
-    X, y = np.asarray(X, float), np.asarray(y, float)
-    candidates = {
+class _Estimate(RegressorMixin, BaseEstimator):
+    """The estimate (the last input column) as the prediction: nothing to fit."""
+
+    def fit(self, Z: np.ndarray, y: np.ndarray) -> "_Estimate":
+        return self
+
+    def predict(self, Z: np.ndarray) -> np.ndarray:
+        return np.asarray(Z, float)[:, -1]
+
+
+def _regressors(seed: int) -> dict[str, Any]:
+    return {
         "ridge": make_pipeline(StandardScaler(), Ridge(alpha=1.0)),
         # SVR's epsilon and C are in target units, so the target is standardised too.
         "svr": TransformedTargetRegressor(make_pipeline(StandardScaler(), SVR(C=10.0, epsilon=0.05)),
                                           transformer=StandardScaler()),
         "gbr": GradientBoostingRegressor(n_estimators=100, max_depth=3, random_state=seed),
     }
-    if len(y) < 4:  # too few points to tell models apart: the linear one overfits least
-        candidates = {"ridge": candidates["ridge"]}
+
+
+def _on(columns: Any, model: Any) -> Any:
+    return make_pipeline(ColumnTransformer([("in", "passthrough", columns)]), model)
+
+
+def fit_predictor(X: np.ndarray, y: np.ndarray, seed: int, estimate: np.ndarray | None = None) -> tuple[Any, dict]:
+    """The regressor with the lowest k-fold MAE, refitted on all points; {"model", "cv_mae"}.
+
+    With an ``estimate`` of y per row, the model takes ``[X, estimate]`` and the candidates are: each regressor on
+    the genome alone, each on the genome and the estimate (``ridge+estimate``, ...), the estimate itself
+    (``estimate``) and an affine fit of it (``estimate_affine``), so the measured points decide whether the
+    estimate helps, replaces the genome, or is ignored."""
+    X, y = np.asarray(X, float), np.asarray(y, float)
+    candidates = _regressors(seed)
+    if estimate is not None:
+        genome = slice(0, X.shape[1])
+        candidates = {name: _on(genome, model) for name, model in candidates.items()} | {
+            f"{name}+estimate": model for name, model in _regressors(seed).items()}
+        candidates |= {"estimate": _Estimate(), "estimate_affine": _on([X.shape[1]], LinearRegression())}
+        X = np.column_stack([X, np.asarray(estimate, float)])
+    if len(y) < 4:  # too few points to tell models apart: the linear one overfits least, the estimate fits nothing
+        candidates = {name: candidates[name] for name in ("ridge", "estimate") if name in candidates}
     scores = {name: float("nan") for name in candidates}
     if len(y) >= 2:
         cv = KFold(min(5, len(y)), shuffle=True, random_state=seed)
@@ -167,7 +209,8 @@ def fit_predictor(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[Any, dict]:
     return clone(candidates[best]).fit(X, y), {"model": best, "cv_mae": scores[best]}
 
 
-def _batch_quality(predicted: np.ndarray, measured: np.ndarray) -> tuple[float | None, float | None]:
+def prediction_quality(predicted: np.ndarray, measured: np.ndarray) -> tuple[float | None, float | None]:
+    """(MAPE, Kendall tau) of predictions against measurements; None where undefined (a zero or constant side)."""
     mape = tau = None
     if len(measured) and np.all(measured != 0):
         mape = float(np.mean(np.abs((predicted - measured) / measured)))
@@ -177,17 +220,19 @@ def _batch_quality(predicted: np.ndarray, measured: np.ndarray) -> tuple[float |
 
 
 class _PymooProblem(Problem):
-    """The integer box for pymoo; evaluates through predictors when given (LINAS inner loop)."""
+    """The integer box for pymoo; evaluates through predictors when given (LINAS inner loop): per column a model
+    and the estimate it takes as its last input, or None."""
 
     def __init__(self, problem: IntegerProblem, canon: Callable[[np.ndarray], np.ndarray],
-                 models: list | None = None) -> None:
+                 models: list[tuple[Any, Callable[[np.ndarray], np.ndarray] | None]] | None = None) -> None:
         super().__init__(n_var=len(problem.lower), n_obj=problem.n_obj, n_ieq_constr=problem.n_constr,
                          xl=np.asarray(problem.lower), xu=np.asarray(problem.upper), vtype=int)
         self.canon, self.models = canon, models
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        Xc = self.canon(X).astype(float)  # the predictors only ever saw canonical genomes
-        return np.column_stack([model.predict(Xc) for model in self.models])
+        Xc = self.canon(X)  # the predictors only ever saw canonical genomes
+        inputs = lambda estimate: Xc.astype(float) if estimate is None else np.column_stack([Xc, estimate(Xc)]).astype(float)  # noqa: E731
+        return np.column_stack([model.predict(inputs(estimate)) for model, estimate in self.models])
 
     def _evaluate(self, x: np.ndarray, out: dict, *args: Any, **kwargs: Any) -> None:
         P = self.predict(x)
@@ -270,7 +315,12 @@ class _Search:
         return list(range(start, len(h.X)))
 
     def record(self, new: list[int], predictors: dict | None = None) -> None:
-        self.h.iterations.append(Iteration(len(self.h.iterations), len(self.h.X), new, predictors or {}))
+        measured, estimates = np.hstack([self.h.F, self.h.G])[new], {}
+        for c, name in enumerate(self.p.columns):
+            if name in self.p.estimates:
+                mape, tau = prediction_quality(np.asarray(self.p.estimates[name](self.h.X[new]), float), measured[:, c])
+                estimates[name] = {"batch_mape": mape, "batch_kendall_tau": tau}
+        self.h.iterations.append(Iteration(len(self.h.iterations), len(self.h.X), new, predictors or {}, estimates))
         if self.on_iteration is not None:
             self.on_iteration(self.h)
 
@@ -306,11 +356,12 @@ class _Search:
 
     def linas(self) -> None:
         self.record(self.measure_rows(self.random_new(min(self.s.initial, self.s.budget))))  # >= 1 exists
-        names = [f"f{i}" for i in range(self.p.n_obj)] + [f"g{j}" for j in range(self.p.n_constr)]
+        names = self.p.columns
+        estimates = [self.p.estimates.get(name) for name in names]
         while self.left() > 0:
             Y = np.hstack([self.h.F, self.h.G])
-            fits = [fit_predictor(self.h.X, Y[:, c], self.s.seed) for c in range(Y.shape[1])]
-            pp = _PymooProblem(self.p, self.canon, [model for model, _ in fits])
+            fits = [fit_predictor(self.h.X, Y[:, c], self.s.seed, None if e is None else e(self.h.X)) for c, e in enumerate(estimates)]
+            pp = _PymooProblem(self.p, self.canon, [(model, e) for (model, _), e in zip(fits, estimates)])
             rows = self.propose(pp, min(self.s.batch, self.left()))
             if not rows:
                 break
@@ -319,7 +370,7 @@ class _Search:
             measured = np.hstack([self.h.F, self.h.G])[new]
             stats = {}
             for c, (name, (_, info)) in enumerate(zip(names, fits)):
-                mape, tau = _batch_quality(predicted[:, c], measured[:, c])
+                mape, tau = prediction_quality(predicted[:, c], measured[:, c])
                 stats[name] = {**info, "batch_mape": mape, "batch_kendall_tau": tau}
             self.record(new, stats)
 
@@ -343,6 +394,8 @@ def run_search(problem: IntegerProblem, measure: Measure, settings: SearchSettin
                on_iteration: Callable[[SearchHistory], None] | None = None) -> SearchHistory:
     """Search until ``settings.budget`` distinct candidates are measured (or the space is spent);
     ``on_iteration`` sees the history after each batch of measurements."""
+    if unknown := set(problem.estimates) - set(problem.columns):
+        raise ValueError(f"estimates for columns {sorted(unknown)} the problem does not have (it has {problem.columns})")
     search = _Search(problem, measure, settings, on_iteration)
     if settings.algorithm == "linas":
         search.linas()

@@ -1,5 +1,6 @@
-"""What a search writes: objective vectors from stored metrics, the Pareto front, hypervolume, predictor quality,
-the cheap estimate's rank agreement with the target, and the plots (PNG for reports, HTML to explore).
+"""What a search writes: objective vectors from stored metrics, the Pareto front, hypervolume, predictor quality
+(and the quality of the columns' own estimates, such as the latency table's), the cheap accuracy estimate's rank
+agreement with the target, and the plots (PNG for reports, HTML to explore).
 
 Objectives are normalised by the unpruned FP32 baseline measured in the same search (accuracy as
 ``-accuracy / baseline``, costs as ``value / baseline``), so the hypervolume reads as a fraction of the
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from scipy.stats import kendalltau
 
 from tailorfit.pipeline.cache import write_json_atomic
-from tailorfit.pipeline.search.multiobjective import SearchHistory, hypervolume, hypervolume_curve, pareto_mask
+from tailorfit.pipeline.search.multiobjective import SearchHistory, prediction_quality, hypervolume, hypervolume_curve, pareto_mask
 from tailorfit.pipeline.search.stats import paired_difference
 
 # objective -> stored metric (accuracy's metric depends on ``accuracy_from``)
@@ -67,8 +68,10 @@ def _row(record: dict[str, Any], fp32: dict[str, Any], config: Any) -> dict[str,
     return row
 
 
-def write_report(folder: Path, history: SearchHistory, store: Any, config: Any, baselines: dict[str, dict[str, Any]], final: bool) -> dict[str, Any]:
-    """Writes history.json after every iteration; the front, rank agreement and plots when ``final``."""
+def write_report(folder: Path, history: SearchHistory, store: Any, config: Any, baselines: dict[str, dict[str, Any]], final: bool,
+                 estimates: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> dict[str, Any]:
+    """Writes history.json after every iteration; the front, rank agreement and plots when ``final``, with each
+    column estimate's (``IntegerProblem.estimates``) MAPE and Kendall tau over every candidate the search measured."""
     fp32 = baselines["fp32"]
     ref = reference_point(config, fp32)
     curve = hypervolume_curve(history, ref)
@@ -76,7 +79,8 @@ def write_report(folder: Path, history: SearchHistory, store: Any, config: Any, 
     summary = {
         "objectives": config.objectives, "accuracy_from": config.accuracy_from, "algorithm": config.algorithm, "budget": config.budget,
         "reference_point": ref.tolist(), "hypervolume": hv, "hypervolume_curve": curve,
-        "iterations": [{"index": it.index, "measured": it.measured, "new": it.new, "predictors": it.predictors} for it in history.iterations],
+        "iterations": [{"index": it.index, "measured": it.measured, "new": it.new, "predictors": it.predictors, "estimates": it.estimates}
+                       for it in history.iterations],
     }
     write_json_atomic(folder / "history.json", summary)
     if not final:
@@ -91,10 +95,22 @@ def write_report(folder: Path, history: SearchHistory, store: Any, config: Any, 
     _write_csv(folder / "pareto.csv", front)
     agreement = _rank_agreement(records, front)
     write_json_atomic(folder / "estimate_vs_target.json", agreement)
-    summary.update(front=front, hypervolume_all=hypervolume(F, ref, G), estimate_vs_target=agreement, measured=len(records))
+    summary.update(front=front, hypervolume_all=hypervolume(F, ref, G), estimate_vs_target=agreement, measured=len(records),
+                   column_estimates=_column_estimates(history, estimates or {}))
     write_json_atomic(folder / "history.json", {k: v for k, v in summary.items() if k != "front"})
     _plots(folder, records, front, baselines, curve, config)
     return summary
+
+
+def _column_estimates(history: SearchHistory, estimates: Mapping[str, Callable[[np.ndarray], np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """Per column with an estimate: its MAPE and Kendall tau against everything this search measured."""
+    Y, out = np.hstack([history.F, history.G]), {}
+    columns = [f"f{i}" for i in range(history.F.shape[1])] + [f"g{j}" for j in range(history.G.shape[1])]
+    for c, name in enumerate(columns):
+        if name in estimates and len(history.X):
+            mape, tau = prediction_quality(np.asarray(estimates[name](history.X), float), Y[:, c])
+            out[name] = {"mape": mape, "kendall_tau": tau, "candidates": len(history.X)}
+    return out
 
 
 def _write_csv(path: Path, front: list[dict[str, Any]]) -> None:
