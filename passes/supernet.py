@@ -3,7 +3,7 @@
 Consumes: ``HFModel`` and ``Dataset`` (calibration batches from its training split). Produces: ``SuperNet`` —
 the full-size weights with heads (KV groups under grouped-query attention) and FFN neurons reordered by
 importance, so narrower choices keep the most important units; its ``SearchSpace``, whose depth choices drop
-the least influential layers first; ``cost_model.json`` (analytic params / MACs); ``importance.json`` (the
+first the layers whose removal changes the model's output least; ``cost_model.json`` (analytic params / MACs); ``importance.json`` (the
 scores and how they were measured). ``importance: activation`` (the default) measures all three on data
 (``supernet/importance.py``); ``magnitude`` ranks units by weight magnitude and drops layers by position.
 Post-condition: reordering leaves the full model's outputs unchanged (difference recorded).
@@ -46,7 +46,7 @@ class SupernetConfig(PassConfig):
 
 class Supernet(Pass):
     name = "supernet"
-    version = 2  # 2: importance measured on data by default; depth choices drop the least influential layers
+    version = 3  # 3: depth choices drop first the layers whose removal changes the output least
     Config = SupernetConfig
     packages = ("torch", "transformers")
 
@@ -87,8 +87,9 @@ class Supernet(Pass):
         calibration = self._calibration(ctx, model, data, names, min(self.config.max_length, positions)) if self.config.importance == "activation" else None
         scores = elastic.importance(calibration)
         report = elastic.reorder(scores)
-        if scores.layer_influence is not None:
-            space = space.model_copy(update={"drop_order": scores.drop_order()})
+        if calibration is not None and space.skippable:
+            report.update(elastic.drop_order(calibration[:8]))  # n^2/2 forwards of 128 rows: enough to rank layers
+            space = space.model_copy(update={"drop_order": report["drop_order"]})
             elastic.space = space
         with torch.inference_mode():
             drift = float((wrapper(*example) - before).abs().max())

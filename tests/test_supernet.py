@@ -72,9 +72,13 @@ def test_largest_config_is_the_original_and_reordering_keeps_it(kind, importance
     scores = elastic.importance([_inputs(kind, batch=4)] if importance == "activation" else None)
     report = elastic.reorder(scores)
     if importance == "activation":
-        assert sorted(report["drop_order"]) == [0, 1, 2] and scores.tokens > 0
+        assert scores.tokens > 0 and len(scores.layer_influence) == 3
         assert all(len(layer["head_group_order"]) == elastic.space.num_kv_heads for layer in report["layers"])
     assert (_logits(model, _inputs(kind)) - reference).abs().max() <= 1e-5
+    if importance == "activation":
+        depth = elastic.drop_order([_inputs(kind, batch=4)])
+        assert sorted(depth["drop_order"]) == [0, 1, 2] and len(depth["drop_kl"]) == 2  # min_layers 1: two layers to rank
+        assert (_logits(model, _inputs(kind)) - reference).abs().max() <= 1e-5  # measuring left the largest active
     narrow = elastic.space.smallest()
     elastic.activate(narrow)
     assert (_logits(model, _inputs(kind)) - reference).abs().max() > 1e-5  # a sub-network really is a different function
@@ -119,7 +123,8 @@ def test_activation_importance_keeps_the_neurons_and_layers_that_compute_somethi
         elastic.activate(half)
         errors[importance] = float((_logits(net, inputs) - reference).abs().max())
         if importance == "activation":
-            assert scores.drop_order()[0] == 1 and scores.layer_influence[1] < 1e-6
+            depth = elastic.drop_order([inputs])
+            assert depth["drop_order"][0] == 1 and depth["drop_kl"][0] < 1e-9 and scores.layer_influence[1] < 1e-6
             assert (scores.neurons[0][:64] == 0).all() and (scores.neurons[0][64:] > 0).all()
     assert errors["activation"] < 1e-5 < errors["magnitude"]  # the dropped half computed nothing
 
@@ -369,7 +374,7 @@ def test_a_sliced_trained_decoder_stays_far_below_a_uniform_guess(tiny_llama):
     elastic = ElasticModel(model, family_for("llama"), default_space(model.config, ffn_step=32, min_layers=2))
     scores = elastic.importance([{k: v[:64] for k, v in train.items()}])
     elastic.reorder(scores)
-    elastic.space = elastic.space.model_copy(update={"drop_order": scores.drop_order()})
+    elastic.space = elastic.space.model_copy(update={"drop_order": elastic.drop_order([{k: v[:64] for k, v in train.items()}])["drop_order"]})
     sliced = SubnetConfig(layers=[LayerChoice(keep=k, heads=2, ffn=32) for k in elastic.space.kept_at_depth(2)])
     elastic.activate(sliced)
     pruned = perplexity(elastic.model)

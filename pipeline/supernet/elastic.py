@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tailorfit.pipeline.families import LINEAR_GROUPS, ModelFamily
-from tailorfit.pipeline.supernet.importance import Importance, magnitude_importance, measured_importance
-from tailorfit.pipeline.supernet.space import SearchSpace, SubnetConfig
+from tailorfit.pipeline.supernet.importance import Importance, greedy_drop_order, magnitude_importance, measured_importance
+from tailorfit.pipeline.supernet.space import LayerChoice, SearchSpace, SubnetConfig
 
 
 class ElasticLinear(nn.Module):
@@ -206,9 +206,27 @@ class ElasticModel:
                 if scores.layer_influence is not None:
                     entry["block_influence"] = scores.layer_influence[i]
                 report["layers"].append(entry)
-        if scores.layer_influence is not None:
-            report["drop_order"] = scores.drop_order()
         return report
+
+    def drop_order(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """The order depth choices drop layers in, measured on ``batches`` (``importance.greedy_drop_order``)."""
+        s = self.space
+
+        def outputs_without(dropped: set[int]) -> list[torch.Tensor]:
+            self.activate(SubnetConfig(layers=[LayerChoice(keep=i not in dropped, heads=max(s.head_choices), ffn=max(s.ffn_choices))
+                                               for i in range(s.num_layers)]))
+            with torch.inference_mode():
+                return [self.model(**{k: v for k, v in b.items() if k != "labels"}).logits for b in batches]
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            order, costs = greedy_drop_order(outputs_without, s.num_layers, max(s.min_layers, 1), [b.get("attention_mask") for b in batches])
+        finally:
+            self.activate(s.largest())
+            self.model.train(was_training)
+        return {"drop_order": order, "drop_kl": costs,
+                "drop_measure": "greedy: each time the layer whose removal moves the output distribution least (mean KL from the full model)"}
 
     def extract(self, copy: bool = True) -> nn.Module:
         """A dense model of the active sub-network: plain ``nn.Linear`` layers of the active sizes.

@@ -3,7 +3,9 @@
 ``measured_importance`` runs calibration batches through the full model with hooks and scores
 - FFN neurons by the mean |activation| of the down projection's input (what the neuron feeds forward),
 - KV groups by the mean norm of their contribution to the attention output projection's output,
-- layers by block influence, 1 - cos(layer input, layer output) per token (ShortGPT, Minitron's depth ranking).
+- layers by block influence, 1 - cos(layer input, layer output) per token (ShortGPT, Minitron's depth ranking),
+recorded; the order depth choices drop layers in comes from ``greedy_drop_order``: what removing them does to the
+model's output.
 Means are over real tokens only: padding would dilute the scores of short inputs.
 Weight magnitude (``magnitude_importance``) needs no data and scores no layers; on SmolLM2 it ranks FFN neurons
 so badly that a 3/4-width sub-network has perplexity in the millions, where activations give 64 (docs in NOTES).
@@ -12,9 +14,10 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tailorfit.pipeline.supernet.space import SearchSpace
@@ -30,8 +33,8 @@ class Importance:
     layer_influence: list[float] | None = None
     tokens: int = 0
 
-    def drop_order(self) -> list[int]:
-        """Layers from least to most influential: depth choices drop them in this order."""
+    def influence_order(self) -> list[int]:
+        """Layers from least to most influential by block influence."""
         assert self.layer_influence is not None
         return sorted(range(len(self.layer_influence)), key=lambda i: self.layer_influence[i])
 
@@ -108,3 +111,34 @@ def measured_importance(model: nn.Module, layers: list[nn.Module], linears: Any,
         "of the down projection's input; layers by block influence, mean 1 - cos(layer input, layer output) over real tokens",
         [(s.groups / tokens).float() for s in sums], [(s.neurons / tokens).float() for s in sums], [s.influence / tokens for s in sums], sums[0].tokens,
     )
+
+
+def greedy_drop_order(outputs_without: Callable[[set[int]], list[torch.Tensor]], num_layers: int, down_to: int,
+                      masks: list[torch.Tensor | None]) -> tuple[list[int], list[float]]:
+    """Layers in the order depth choices drop them: each time the one whose removal, with those before it removed,
+    moves the model's output distribution least (mean KL from the full model's over real tokens), down to
+    ``down_to`` layers; the rest follow in index order, from the deepest.
+
+    Block influence alone ranked all-MiniLM-L6-v2's first layer least influential, and its 4-layer sub-network then
+    lost 12.7 points untrained where positional dropping lost 7.9 (measured): a layer can change its own output
+    little and still matter to everything after it. What dropping does to the output is the quantity depth
+    choices care about."""
+    reference = [F.log_softmax(o.double(), -1) for o in outputs_without(set())]
+    dropped: list[int] = []
+    costs: list[float] = []
+    while num_layers - len(dropped) > down_to:
+        trial = {i: _kl(reference, outputs_without(set(dropped) | {i}), masks) for i in range(num_layers) if i not in dropped}
+        best = min(trial, key=trial.get)
+        dropped.append(best)
+        costs.append(trial[best])
+    return dropped + [i for i in reversed(range(num_layers)) if i not in dropped], costs
+
+
+def _kl(reference: list[torch.Tensor], outputs: list[torch.Tensor], masks: list[torch.Tensor | None]) -> float:
+    total, count = 0.0, 0
+    for ref, out, mask in zip(reference, outputs, masks):
+        kl = (ref.exp() * (ref - F.log_softmax(out.double(), -1))).sum(-1)
+        if mask is not None and mask.shape == kl.shape:
+            kl = kl[mask.bool()]
+        total, count = total + float(kl.sum()), count + kl.numel()
+    return total / max(count, 1)
