@@ -42,6 +42,7 @@ class SupernetConfig(PassConfig):
         default="activation", description="activation: heads, neurons and layers scored on calibration data; magnitude: units by weight magnitude, layers by position")
     calibration_samples: int = Field(default=256, ge=1, description="training rows (causal-lm: windows) the importance is measured on")
     max_length: int = Field(default=128, ge=8, description="tokens per calibration example (causal-lm: per window)")
+    depth_samples: int = Field(default=128, ge=1, description="calibration rows the depth order is measured on (about layers^2 / 2 forwards of them)")
 
 
 class Supernet(Pass):
@@ -88,7 +89,7 @@ class Supernet(Pass):
         scores = elastic.importance(calibration)
         report = elastic.reorder(scores)
         if calibration is not None and space.skippable:
-            report.update(elastic.drop_order(calibration[:8]))  # n^2/2 forwards of 128 rows: enough to rank layers
+            report.update(elastic.drop_order(calibration[: -(-self.config.depth_samples // 16)]))
             space = space.model_copy(update={"drop_order": report["drop_order"]})
             elastic.space = space
         with torch.inference_mode():
