@@ -19,7 +19,8 @@ from tailorfit.pipeline.contract import Facts, Pass, PassContext, PortFacts
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.models.distillation import student_loss
 from tailorfit.pipeline.models.handles import Dataset, HFModel
-from tailorfit.pipeline.models.loading import ARCHITECTURE, input_names, layer_count, load_preprocessor, load_torch_model, read_config
+from tailorfit.pipeline.families import family_by_name
+from tailorfit.pipeline.models.loading import ARCHITECTURE, input_names, load_preprocessor, load_torch_model, read_config
 from tailorfit.pipeline.models.training import TaskData, TrainingConfig, save_folder_atomic, train
 from tailorfit.pipeline.supernet.space import SubnetConfig
 
@@ -88,8 +89,9 @@ def _kept_layers(student: HFModel, teacher: HFModel) -> list[int] | None:
     the two are as deep; None (logits only) otherwise."""
     if (student.path / ARCHITECTURE).is_file():
         return SubnetConfig.model_validate(json.loads((student.path / ARCHITECTURE).read_text())["subnet"]).kept()
-    depth = layer_count(student.path)
-    return list(range(depth)) if depth == layer_count(teacher.path) and read_config(student.path).get("hidden_size") == read_config(teacher.path).get("hidden_size") else None
+    student_dims, teacher_dims = (family_by_name(m.family).dims(read_config(m.path)) for m in (student, teacher))
+    same = student_dims["num_layers"] == teacher_dims["num_layers"] and student_dims["hidden_size"] == teacher_dims["hidden_size"]
+    return list(range(student_dims["num_layers"])) if same else None
 
 
 def _save(net: torch.nn.Module, student: HFModel, folder) -> None:

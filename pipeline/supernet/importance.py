@@ -33,11 +33,6 @@ class Importance:
     layer_influence: list[float] | None = None
     tokens: int = 0
 
-    def influence_order(self) -> list[int]:
-        """Layers from least to most influential by block influence."""
-        assert self.layer_influence is not None
-        return sorted(range(len(self.layer_influence)), key=lambda i: self.layer_influence[i])
-
 
 def magnitude_importance(layers: list[nn.Module], linears: Any, space: SearchSpace) -> Importance:
     """L1 weight magnitude: groups by V rows + output-projection columns, neurons by up rows x down columns."""
