@@ -42,7 +42,7 @@ class SupernetConfig(PassConfig):
         default="activation", description="activation: heads, neurons and layers scored on calibration data; magnitude: units by weight magnitude, layers by position")
     calibration_samples: int = Field(default=256, ge=1, description="training rows (causal-lm: windows) the importance is measured on")
     max_length: int = Field(default=128, ge=8, description="tokens per calibration example (causal-lm: per window)")
-    depth_samples: int = Field(default=128, ge=1, description="calibration rows the depth order is measured on (about layers^2 / 2 forwards of them)")
+    depth_samples: int = Field(default=128, ge=1, description="calibration rows (the first of the sample) the depth order is measured on: about layers^2 / 2 forwards of them")
 
 
 class Supernet(Pass):
@@ -85,11 +85,11 @@ class Supernet(Pass):
             before = wrapper(*example)
         elastic = ElasticModel(net, family_by_name(model.family), space)
         positions = getattr(net.config, "max_position_embeddings", None) or self.config.max_length
-        calibration = self._calibration(ctx, model, data, names, min(self.config.max_length, positions)) if self.config.importance == "activation" else None
-        scores = elastic.importance(calibration)
+        rows, task = self._calibration(ctx, model, data, names, min(self.config.max_length, positions)) if self.config.importance == "activation" else ([], None)
+        scores = elastic.importance([task.batch(part) for part in chunks(rows, 16)] if task else None)
         report = elastic.reorder(scores)
-        if calibration is not None and space.skippable:
-            report.update(elastic.drop_order(calibration[: -(-self.config.depth_samples // 16)]))
+        if task and space.skippable:
+            report.update(elastic.drop_order([task.batch(part) for part in chunks(rows[: self.config.depth_samples], 16)]))
             space = space.model_copy(update={"drop_order": report["drop_order"]})
             elastic.space = space
         with torch.inference_mode():
@@ -106,11 +106,10 @@ class Supernet(Pass):
                      space.num_layers, space.head_choices, space.ffn_choices, self.config.importance, space.layer_drop_order(), drift)
         return SuperNet(path=out, source=model, space=space)
 
-    def _calibration(self, ctx: PassContext, model: HFModel, data: Dataset, names: list[str], max_length: int) -> list[dict[str, torch.Tensor]]:
-        """A seeded sample of the training split, in batches of 16, no longer than the model's positions."""
+    def _calibration(self, ctx: PassContext, model: HFModel, data: Dataset, names: list[str], max_length: int) -> tuple[list[dict], TaskData]:
+        """A seeded sample of the training split (examples no longer than the model's positions) and how to batch it."""
         task = TaskData.load(load_preprocessor(model), data, names, max_length)
-        rows = random.Random(ctx.seed).sample(task.train, min(self.config.calibration_samples, len(task.train)))
-        return [task.batch(part) for part in chunks(rows, 16)]
+        return random.Random(ctx.seed).sample(task.train, min(self.config.calibration_samples, len(task.train))), task
 
 
 def load_supernet(handle: SuperNet) -> ElasticModel:
