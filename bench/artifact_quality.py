@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from tailorfit.passes.package import correct_by_id
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.search.stats import paired_difference
+from tailorfit.pipeline.search.stats import correct_by_id, format_change, paired_difference
 
 from .context import REFERENCE, BenchContext, Entry
 from .measure import macs, openvino_matmuls, params
@@ -58,10 +57,6 @@ def _by_group(modules: list[str], family_name: str) -> str:
     return "; ".join(g if g == "head" else f"{g} in layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, sorted(ls)))}" for g, ls in sorted(layers.items()))
 
 
-def _pts(d: dict[str, float]) -> str:
-    return f"{100 * d['difference']:+.2f} ({100 * d['ci_low']:+.2f}…{100 * d['ci_high']:+.2f})"
-
-
 def _table(rows: list[dict[str, Any]], ctx: BenchContext) -> str:
     lengths = ctx.settings.lengths
     head = ["entry", "runtime", "weights / compute", "test accuracy (95% CI)", "vs FP32, pts (95% CI)"]
@@ -73,7 +68,7 @@ def _table(rows: list[dict[str, Any]], ctx: BenchContext) -> str:
         cells = [
             r["entry"], r["target"], f"{r['precision']} / {r['inference_precision']}",
             f"{100 * r['accuracy']:.2f}% ({100 * r['accuracy_ci95'][0]:.1f}–{100 * r['accuracy_ci95'][1]:.1f})",
-            "—" if r["entry"] == REFERENCE else _pts(r["versus_fp32"]),
+            "—" if r["entry"] == REFERENCE else format_change(r["versus_fp32"]),
             *[f"{x['median_ms']:.2f} ({x['p90_ms']:.2f})" for x in lat], *[f"{x['ratio_to_fp32']:.3f}" for x in lat],
             f"{r['size_mb']:.1f}", f"{r['params'] / 1e6:.2f}", f"{r['macs'][lengths[0]] / 1e9:.2f}", f"{r['peak_rss_mb']:.0f}",
         ]

@@ -39,6 +39,11 @@ def _cost(source: HFModel) -> tuple[CostModel, SubnetConfig]:
     return _COSTS[source.key]
 
 
+def subnet(source: HFModel) -> SubnetConfig:
+    """The layers, heads and FFN widths the model keeps of its super-network (all of them for an unpruned model)."""
+    return _cost(source)[1]
+
+
 def params(source: HFModel) -> int:
     cost, subnet = _cost(source)
     return cost.params(subnet)

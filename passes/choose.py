@@ -9,7 +9,6 @@ The test split stays unseen until the chosen model is evaluated on it. Skipped w
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from pydantic import Field
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
 from tailorfit.pipeline.errors import StepSkipped, TailorfitError
 from tailorfit.pipeline.models.handles import Lowered
-from tailorfit.pipeline.search.stats import paired_difference
+from tailorfit.pipeline.search.stats import correct_by_id, paired_difference
 
 
 class ChooseConfig(PassConfig):
@@ -59,8 +58,7 @@ class Choose(Pass):
 def _correct(m: Lowered) -> dict[Any, int]:
     if "predictions" not in m.reports:
         raise TailorfitError(f"{m.candidate} on {m.target} has not been evaluated", "add an evaluate step before choose")
-    with open(m.reports["predictions"]) as f:
-        return {r["id"]: r["correct"] for r in map(json.loads, f)}
+    return correct_by_id(m.reports["predictions"])
 
 
 def _aligned(a: dict[Any, int], b: dict[Any, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ from tailorfit.pipeline.host import host_info
 from tailorfit.pipeline.models.handles import Artifact, Lowered, SearchResult
 from tailorfit.pipeline.models.loading import load_preprocessor
 from tailorfit.pipeline.models.model_card import model_card
-from tailorfit.pipeline.search.stats import paired_difference
+from tailorfit.pipeline.search.stats import correct_by_id, paired_difference
 from tailorfit.targets import get_target
 from tailorfit.targets.timing import measure_interleaved
 
@@ -193,8 +193,3 @@ class _PairedTimer:
                 out[b.candidate][length] = round(timed.ratio(m.candidate, b.candidate), 4)
         return out
 
-
-def correct_by_id(path: Path) -> dict[int, int]:
-    """Per test example id, 1 when the model's prediction was right: the rows paired comparisons are made on."""
-    with open(path) as f:
-        return {r["id"]: r["correct"] for r in map(json.loads, f)}

@@ -132,6 +132,24 @@ def test_cli_inspect_passes_targets(classification_run):
     assert r.returncode == 0 and "openvino-cpu" in r.stdout and "onnxruntime-cpu" in r.stdout
 
 
+def test_versus_table_pairs_every_evaluation_with_the_reference(classification_run, capsys):
+    """The study table: each evaluate step's accuracy and its paired change vs the reference step, the same change
+    the package step records; a step that is not an evaluation is refused in one line."""
+    from bench.versus import main
+
+    out, result = classification_run
+    _, metrics = read_run(result.run_dir)
+    assert main([str(result.run_dir), "openvino-fp32-eval"]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {"openvino-fp32-eval", "openvino-int8-eval", "onnxruntime-fp32-eval", "onnxruntime-int8-eval"}
+    assert rows["openvino-fp32-eval"][-1].strip(" |") == "—"
+    change = metrics["tiny-int8"]["targets"]["openvino-cpu"]["versus"]["fp32"]["accuracy_change"]
+    assert rows["openvino-int8-eval"][-1].strip(" |").startswith(f"{100 * change['difference']:+.2f} (")
+    assert rows["openvino-int8-eval"][7].startswith(f"{100 * metrics['tiny-int8']['targets']['openvino-cpu']['accuracy']:.2f}%")
+    assert main([str(result.run_dir), "openvino-fp32"]) == 2
+    assert "not a finished evaluate step" in capsys.readouterr().err
+
+
 def test_image_classification_recipe(tiny_vit, digits_jsonl, tmp_path):
     recipe = {
         "name": "vit", "threads": 2,

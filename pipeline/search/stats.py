@@ -1,7 +1,9 @@
 """Confidence intervals for measured metrics: bootstrap over examples, paired when two models are compared."""
 from __future__ import annotations
 
-from typing import Callable
+import json
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,3 +22,15 @@ def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 1000, level
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     low, high = bootstrap_ci(diff, resamples=resamples, level=level, seed=seed)
     return {"difference": float(diff.mean()), "ci_low": low, "ci_high": high, "n": int(len(diff))}
+
+
+def correct_by_id(path: str | Path) -> dict[Any, int]:
+    """Per example id, 1 when the model was right, from an evaluate step's predictions report: the rows paired
+    comparisons are made on."""
+    with open(path) as f:
+        return {r["id"]: r["correct"] for r in map(json.loads, f)}
+
+
+def format_change(d: dict[str, float]) -> str:
+    """A paired accuracy change in points with its interval: "+0.35 (-0.47…+1.17)"."""
+    return f"{100 * d['difference']:+.2f} ({100 * d['ci_low']:+.2f}…{100 * d['ci_high']:+.2f})"
