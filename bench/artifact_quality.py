@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.search.stats import correct_by_id, format_change, paired_difference
+from tailorfit.pipeline.search.stats import format_change, paired_change
 
 from .context import REFERENCE, BenchContext, Entry
 from .measure import macs, openvino_matmuls, params
@@ -26,8 +26,6 @@ def run(ctx: BenchContext) -> Section:
 
 def _row(ctx: BenchContext, e: Entry) -> dict[str, Any]:
     m, reference = e.model, next(x.model for x in ctx.entries if x.name == REFERENCE)
-    mine, theirs = correct_by_id(m.reports["predictions"]), correct_by_id(reference.reports["predictions"])
-    ids = sorted(set(mine) & set(theirs))
     latency = {}
     for length, timed in ctx.latency.items():
         stats = timed.stats[e.name]
@@ -36,7 +34,7 @@ def _row(ctx: BenchContext, e: Entry) -> dict[str, Any]:
         "entry": e.name, "origin": e.origin, "how": e.how, "candidate": m.candidate, "family": m.source.family, "target": m.target, "precision": m.precision,
         "inference_precision": m.inference_precision, "files": [str(f) for f in m.files],
         "accuracy": m.metrics["accuracy"], "accuracy_ci95": m.metrics["accuracy_ci95"], "examples": m.metrics["examples"],
-        "versus_fp32": paired_difference(np.array([mine[i] for i in ids]), np.array([theirs[i] for i in ids]), seed=ctx.run.seed),
+        "versus_fp32": paired_change(m.reports["predictions"], reference.reports["predictions"], seed=ctx.run.seed),
         "latency": latency, "size_mb": m.size_bytes() / 2**20, "params": params(m.source),
         "macs": {length: macs(m.source, length) for length in ctx.settings.lengths}, "peak_rss_mb": ctx.memory["entries"][e.name],
         "int8_linears": m.metrics.get("int8_linears"), "fp32_linears": m.metrics.get("fp32_linears"), "fp32_modules": m.metrics.get("fp32_modules"),

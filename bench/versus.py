@@ -10,15 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tailorfit.pipeline import read_run  # noqa: E402
 from tailorfit.pipeline.cache import Cache  # noqa: E402
 from tailorfit.pipeline.errors import TailorfitError  # noqa: E402
 from tailorfit.pipeline.models.handles import Lowered  # noqa: E402
-from tailorfit.pipeline.search.stats import correct_by_id, format_change, paired_difference  # noqa: E402
+from tailorfit.pipeline.search.stats import format_change, paired_change  # noqa: E402
 
 from .measure import macs, params, subnet  # noqa: E402
 
@@ -40,19 +38,17 @@ def versus_table(run_dir: Path, reference: str, macs_at: int = 128) -> str:
     manifest, evaluated = evaluated_steps(run_dir)
     if reference not in evaluated:
         raise TailorfitError(f"'{reference}' is not a finished evaluate step of {run_dir}", f"use one of: {', '.join(evaluated) or '(none finished)'}")
-    base = correct_by_id(evaluated[reference].reports["predictions"])
+    base = evaluated[reference].reports["predictions"]
     head = ["step", "kept layers", "heads", "FFN", "params M", f"GMACs @{macs_at}", "split", "accuracy (95% CI)", f"vs {reference}, pts (95% CI)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for sid, m in evaluated.items():
         if "accuracy" not in m.metrics:
             continue
-        mine = correct_by_id(m.reports["predictions"])
-        shared = sorted(set(mine) & set(base))
-        change = "—" if sid == reference or not shared else format_change(
-            paired_difference(np.array([mine[i] for i in shared]), np.array([base[i] for i in shared]), seed=manifest.get("seed", 0)))
-        kept = [c for c in subnet(m.source).layers if c.keep]
+        change = "—" if sid == reference else format_change(paired_change(m.reports["predictions"], base, seed=manifest.get("seed", 0)))
+        layers = subnet(m.source).layers
+        kept = [c for c in layers if c.keep]
         low, high = m.metrics["accuracy_ci95"]
-        cells = [sid, ",".join(str(i) for i, c in enumerate(subnet(m.source).layers) if c.keep), _widths(c.heads for c in kept), _widths(c.ffn for c in kept),
+        cells = [sid, ",".join(str(i) for i, c in enumerate(layers) if c.keep), _widths(c.heads for c in kept), _widths(c.ffn for c in kept),
                  f"{params(m.source) / 1e6:.2f}", f"{macs(m.source, macs_at) / 1e9:.3f}", m.metrics.get("split", "?"),
                  f"{100 * m.metrics['accuracy']:.2f}% ({100 * low:.1f}–{100 * high:.1f})", change]
         lines.append("| " + " | ".join(cells) + " |")

@@ -29,7 +29,7 @@ from tailorfit.pipeline.host import host_info
 from tailorfit.pipeline.models.handles import Artifact, Lowered, SearchResult
 from tailorfit.pipeline.models.loading import load_preprocessor
 from tailorfit.pipeline.models.model_card import model_card
-from tailorfit.pipeline.search.stats import correct_by_id, paired_difference
+from tailorfit.pipeline.search.stats import paired_change
 from tailorfit.targets import get_target
 from tailorfit.targets.timing import measure_interleaved
 
@@ -156,9 +156,7 @@ def _versus_baselines(m: Lowered, groups: dict[str, dict[str, Lowered]], timer: 
         if ratios.get(base.candidate):
             versus["latency_ratio"] = ratios[base.candidate]
         if "predictions" in m.reports and "predictions" in base.reports and "accuracy" in m.metrics:
-            mine, theirs = correct_by_id(m.reports["predictions"]), correct_by_id(base.reports["predictions"])
-            ids = sorted(set(mine) & set(theirs))
-            versus["accuracy_change"] = paired_difference(np.array([mine[i] for i in ids]), np.array([theirs[i] for i in ids]))
+            versus["accuracy_change"] = paired_change(m.reports["predictions"], base.reports["predictions"])
         out[precision] = versus
     return {"versus": out} if out else {}
 

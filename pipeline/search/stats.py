@@ -31,6 +31,13 @@ def correct_by_id(path: str | Path) -> dict[Any, int]:
         return {r["id"]: r["correct"] for r in map(json.loads, f)}
 
 
+def paired_change(predictions: str | Path, reference: str | Path, seed: int = 0) -> dict[str, float]:
+    """The accuracy change of one evaluate report against another on the examples both hold (``paired_difference``)."""
+    mine, theirs = correct_by_id(predictions), correct_by_id(reference)
+    ids = sorted(set(mine) & set(theirs))
+    return paired_difference(np.array([mine[i] for i in ids]), np.array([theirs[i] for i in ids]), seed=seed)
+
+
 def format_change(d: dict[str, float]) -> str:
     """A paired accuracy change in points with its interval: "+0.35 (-0.47…+1.17)"."""
     return f"{100 * d['difference']:+.2f} ({100 * d['ci_low']:+.2f}…{100 * d['ci_high']:+.2f})"
