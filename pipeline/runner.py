@@ -134,7 +134,7 @@ class _Run:
         p = node.pass_
         inputs = _available_inputs(node.wiring, node.many, self.outputs)
         if isinstance(inputs, str):
-            self.manifest["steps"][sid] = {"pass": p.name, "inputs": node.wiring, "skipped": inputs}
+            self.manifest["steps"][sid] = {"pass": p.name, "config": p.config.model_dump(mode="json"), "inputs": node.wiring, "skipped": inputs}
             self.log.info("%s: skipped (%s)", sid, inputs)
             return None
         fingerprint = p.fingerprint()  # hashes whole model folders: once per step

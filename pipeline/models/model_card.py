@@ -121,7 +121,7 @@ def _ancestors(steps: dict[str, Any], finals: set[str]) -> set[str]:
     seen, todo = set(), list(finals)
     while todo:
         sid = todo.pop()
-        if sid in seen or sid not in steps:
+        if sid in seen or sid not in steps or "skipped" in steps[sid]:  # a skipped input gave the candidate nothing
             continue
         seen.add(sid)
         todo += [up for ups in steps[sid].get("inputs", {}).values() for up in ups]
