@@ -6,8 +6,8 @@ and predictor quality per iteration), ``estimate_vs_target.json`` and plots (PNG
 
 A candidate is measured for real by the same passes a recipe would run — extract, lower, quantize with its
 policy, evaluate on the validation split on the target runtime — plus its latency on the target (batch 1) and
-the cheap estimate: the extracted weights in PyTorch with the policy simulated by fake quantization. The
-recipe picks which accuracy drives the search; both are recorded so their rank agreement is reported.
+the cheap estimate (unless ``estimate: false``): the extracted weights in PyTorch with the policy simulated by fake
+quantization. The recipe picks which accuracy drives the search; both are recorded so their rank agreement is reported.
 The unpruned model in FP32 and fully INT8 is measured first, in the same run, as the baselines. Latency is
 timed interleaved with the unpruned FP32 model kept loaded, and the search optimises that paired ratio.
 Before the search, a per-layer latency table (``latency_table.json``: every attention and FFN block shape x
@@ -56,6 +56,9 @@ class SearchConfig(PassConfig, SearchSettings):
         default=["accuracy", "latency"], min_length=2, description="accuracy is maximised, the rest minimised")
     accuracy_from: Literal["target", "supernet"] = Field(
         default="target", description="target: the quantized model on the target runtime; supernet: inherited weights in PyTorch, policy fake-quantized")
+    estimate: bool = Field(
+        default=True, description="also score each candidate in PyTorch with the policy fake-quantized (about as long as evaluating it on the target): "
+        "the accuracy when accuracy_from is supernet, otherwise a check of how far that cheap estimate could be trusted (estimate_vs_target.json)")
     precisions: list[Literal["fp32", "int8"]] = Field(default=["fp32", "int8"], min_length=1, description="precision genes per layer and linear group")
     max_accuracy_drop: float | None = Field(default=None, ge=0, description="constraint: validation accuracy points below the unpruned FP32 model")
     max_latency_ms: float | None = Field(default=None, gt=0, description="constraint: median latency at sequence_length")
@@ -77,6 +80,8 @@ class SearchConfig(PassConfig, SearchSettings):
             raise ValueError("objectives are listed twice")
         if self.initial > self.budget:
             raise ValueError(f"initial population {self.initial} exceeds the budget {self.budget}")
+        if self.accuracy_from == "supernet" and not self.estimate:
+            raise ValueError("accuracy_from: supernet needs estimate: true (the estimate is then the accuracy)")
         if "fp32" not in self.precisions:
             raise ValueError("precisions must include fp32: the unpruned FP32 model is every search's reference")
         return self
@@ -84,7 +89,7 @@ class SearchConfig(PassConfig, SearchSettings):
 
 class Search(Pass):
     name = "search"
-    version = 4  # 3: latency as a ratio to the unpruned FP32 model timed interleaved with each candidate; 4: the latency table
+    version = 5  # 3: latency as a ratio to the unpruned FP32 model timed interleaved with each candidate; 4: the latency table; 5: the estimate is optional
     Config = SearchConfig
     packages = ("torch", "transformers", "pymoo", "scikit-learn")  # and the target's (packages_for)
     keyed_context = ("seed", "threads")  # it times candidates
@@ -114,7 +119,7 @@ class Search(Pass):
         store_path = c.store or ctx.work_dir / "evaluations.sqlite"
         # what a stored measurement depends on: a store from another super-network must not answer this search
         measured = {"supernet": supernet.key, "data": data.key, "target": c.target, "sequence_length": c.sequence_length,
-                    "calibration_samples": c.calibration_samples, "threads": ctx.threads}
+                    "calibration_samples": c.calibration_samples, "threads": ctx.threads, "estimate": c.estimate}
         store = EvaluationStore(store_path, genome.fingerprint(), measured)
         evaluator = CandidateEvaluator(ctx, supernet, data, c)
         try:
@@ -192,7 +197,7 @@ class CandidateEvaluator:
     def __init__(self, ctx: PassContext, supernet: SuperNet, data: Dataset, config: SearchConfig):
         self.ctx, self.config, self.supernet, self.data = ctx, config, supernet, data
         self.settings = TaskSettings(target=config.target, sequence_length=config.sequence_length, calibration_samples=config.calibration_samples,
-                                     latency_runs=config.latency_runs, seed=ctx.seed, threads=ctx.threads)
+                                     latency_runs=config.latency_runs, seed=ctx.seed, threads=ctx.threads, estimate=config.estimate)
 
     # shipped on first need: a search answered wholly from its store ships nothing and builds no reference
     @functools.cached_property

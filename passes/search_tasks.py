@@ -3,7 +3,7 @@ Ray tasks on another machine): they take handles and shipped folders, write only
 own, and return values; the search pass alone writes the evaluation store.
 
 ``build_and_score`` runs the real passes on one candidate — extract from the super-network, lower, quantize
-with its policy, evaluate on the validation split on the target runtime — plus the cheap estimate (the
+with its policy, evaluate on the validation split on the target runtime — plus, if asked, the cheap estimate (the
 extracted weights in PyTorch, the policy fake-quantized), and returns its metrics with the runtime files.
 ``time_latency`` times those files on the target, interleaved with the unpruned FP32 model; the search asks
 for it only on nodes advertising the target, one at a time per node. ``time_latency_table`` builds, lowers, quantizes
@@ -59,6 +59,7 @@ class TaskSettings:
     latency_runs: int
     seed: int
     threads: int
+    estimate: bool
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,9 @@ def build_and_score(candidate: Candidate, *, supernet: SuperNet, supernet_folder
         with open(evaluated.reports["predictions"]) as f:
             metrics["correct"] = "".join(str(r["correct"]) for r in map(json.loads, f))
         metrics["accuracy"] = evaluated.metrics["accuracy"]
-        metrics["estimate_correct"] = timed("estimate", lambda: _estimate(dense, candidate, data, supernet.source, s.sequence_length))
-        metrics["accuracy_estimate"] = metrics["estimate_correct"].count("1") / len(metrics["estimate_correct"])
+        if s.estimate:
+            metrics["estimate_correct"] = timed("estimate", lambda: _estimate(dense, candidate, data, supernet.source, s.sequence_length))
+            metrics["accuracy_estimate"] = metrics["estimate_correct"].count("1") / len(metrics["estimate_correct"])
         metrics["seconds_by_stage"] = {k: round(v, 3) for k, v in timings.items()}
         # what timing needs: the runtime files, and the config the synthetic inputs are shaped from
         needed = [*lowered.files, lowered.source.path / "config.json"]

@@ -90,7 +90,7 @@ def search_table(folder: Path) -> Table:
         table.add_row(
             r["id"], r["role"], str(len(kept)), "/".join(str(c["heads"]) for c in kept), "/".join(str(c["ffn"]) for c in kept),
             f"{sum(v == 'int8' for v in r['policy']['layers'].values())}/{len(r['policy']['layers'])}", f"{100 * m['accuracy']:.2f}%",
-            f"{100 * d['difference']:+.2f} ({100 * d['ci_low']:+.2f}…{100 * d['ci_high']:+.2f})", f"{100 * m['accuracy_estimate']:.2f}%",
+            f"{100 * d['difference']:+.2f} ({100 * d['ci_low']:+.2f}…{100 * d['ci_high']:+.2f})", f"{100 * m['accuracy_estimate']:.2f}%" if "accuracy_estimate" in m else "—",
             f"{m['latency_ratio']:.2f}", f"{m['latency_ms']:.2f}", f"{m['size_mb']:.1f}",
         )
     return table

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_distill_refuses_a_student_that_is_its_own_teacher(tiny_bert, sentences_
 
 
 def test_finalists_are_distilled_measured_again_and_the_fastest_that_holds_is_packaged(tiny_bert, sentences_csv, tmp_path):
-    recipe = _search_recipe(tiny_bert, sentences_csv, name="finalists")
+    recipe = _search_recipe(tiny_bert, sentences_csv, name="finalists", estimate=False)  # as the default recipe: no PyTorch estimate
     steps = [s for s in recipe["steps"] if s["id"] in ("model", "data", "ft", "ov-fp32", "supernet", "search")]
     steps.insert(steps.index(next(s for s in steps if s["id"] == "supernet")),
                  {"id": "ov-fp32-val", "pass": "evaluate", "inputs": {"model": "ov-fp32"}, "config": {"split": "validation", "max_length": 24, "bootstrap": 200}})
@@ -71,4 +72,8 @@ def test_finalists_are_distilled_measured_again_and_the_fastest_that_holds_is_pa
     assert len(picked) == 1 and "distillation" in picked[0]  # the finalists measured on validation are not shipped
     card = (result.run_dir / "candidates" / picked[0]["candidate"] / "README.md").read_text()
     assert "Distilled from `tiny`" in card
-    assert "`ft` (finetune)" in card and "pick50" not in card  # the lineage lists the steps that made it, not the skipped ones
+    assert "`ft` (finetune)" in card and "pick50" not in card and "cheap PyTorch estimate" not in card
+    search = result.outputs["search"].path
+    assert json.loads((search / "estimate_vs_target.json").read_text())["kendall_tau"] is None
+    stored = [json.loads(m) for (m,) in sqlite3.connect(search / "evaluations.sqlite").execute("SELECT metrics FROM candidates")]
+    assert stored and not any("accuracy_estimate" in m or "estimate" in m["seconds_by_stage"] for m in stored)  # the lineage lists the steps that made it, not the skipped ones

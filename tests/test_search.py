@@ -241,7 +241,8 @@ def test_a_constraint_nobody_meets_packages_nothing_and_says_so(searched, tiny_b
 
 def test_bad_search_configs_fail_in_one_line(tiny_bert, sentences_csv, tmp_path):
     for search, match in (({"budget": 0}, "budget"), ({"objectives": ["accuracy", "perplexity"]}, "objectives"),
-                          ({"budget": 4, "initial": 6}, "exceeds the budget")):
+                          ({"budget": 4, "initial": 6}, "exceeds the budget"),
+                          ({"accuracy_from": "supernet", "estimate": False}, "needs estimate: true")):
         with pytest.raises(TailorfitError, match=match):
             run_pipeline(_search_recipe(tiny_bert, sentences_csv, **search), out=tmp_path, quiet=True)
 

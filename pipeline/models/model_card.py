@@ -89,8 +89,9 @@ def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
         lines += ["", "## Found by search", "",
                   f"Picked by `{selection['rule']}` as search candidate `{selection['candidate']}`: {len(kept)} of {len(selection['subnet']['layers'])} layers, "
                   f"heads {'/'.join(str(c['heads']) for c in kept)}, FFN {'/'.join(str(c['ffn']) for c in kept)}.",
-                  f"At search time ({sm['split']} split, {sm['target']}): accuracy {sm['accuracy'] * 100:.2f}% "
-                  f"(cheap PyTorch estimate {sm['accuracy_estimate'] * 100:.2f}%), latency {sm['latency_ms']:.2f} ms (x{sm['latency_ratio']:.2f} of the unpruned FP32 model, timed interleaved), {sm['size_mb']:.1f} MB; the table above is measured afresh on the test split."]
+                  f"At search time ({sm['split']} split, {sm['target']}): accuracy {sm['accuracy'] * 100:.2f}%"
+                  + (f" (cheap PyTorch estimate {sm['accuracy_estimate'] * 100:.2f}%)" if "accuracy_estimate" in sm else "")
+                  + f", latency {sm['latency_ms']:.2f} ms (x{sm['latency_ratio']:.2f} of the unpruned FP32 model, timed interleaved), {sm['size_mb']:.1f} MB; the table above is measured afresh on the test split."]
     distilled = entry.get("distillation")
     if distilled:
         scale, unit = (100, "%") if distilled["measure"].startswith("accuracy") else (1, "")

@@ -63,6 +63,8 @@ def _row(record: dict[str, Any], fp32: dict[str, Any], config: Any) -> dict[str,
     row = {k: record[k] for k in ("id", "role", "subnet", "policy")}
     row["metrics"] = {k: v for k, v in m.items() if k not in _BULKY}
     for key, name in (("correct", "accuracy_change_vs_fp32"), ("estimate_correct", "estimate_change_vs_fp32")):
+        if key not in m:  # a search run without the estimate
+            continue
         mine, base = np.array(list(m[key]), dtype=float), np.array(list(fp32["metrics"][key]), dtype=float)
         row["metrics"][name] = paired_difference(mine, base)
     return row
@@ -122,13 +124,15 @@ def _write_csv(path: Path, front: list[dict[str, Any]]) -> None:
             m, kept = r["metrics"], [c for c in r["subnet"]["layers"] if c["keep"]]
             change = m["accuracy_change_vs_fp32"]
             out.writerow([r["id"], len(kept), "/".join(str(c["heads"]) for c in kept), "/".join(str(c["ffn"]) for c in kept),
-                          sum(v == "int8" for v in r["policy"]["layers"].values()), f"{m['accuracy']:.4f}", f"{m['accuracy_estimate']:.4f}",
+                          sum(v == "int8" for v in r["policy"]["layers"].values()), f"{m['accuracy']:.4f}", f"{m['accuracy_estimate']:.4f}" if "accuracy_estimate" in m else "",
                           f"{100 * change['difference']:.2f}", f"{100 * change['ci_low']:.2f}", f"{100 * change['ci_high']:.2f}",
                           f"{m['latency_ratio']:.4f}", f"{m['latency_ms']:.3f}", f"{m['size_mb']:.2f}", m["params"], m["macs"]])
 
 
 def _rank_agreement(records: list[dict[str, Any]], front: list[dict[str, Any]]) -> dict[str, Any]:
     """Kendall tau between the cheap estimate (PyTorch, fake-quantized) and the target-measured accuracy."""
+    if any("accuracy_estimate" not in r["metrics"] for r in records):
+        return {"kendall_tau": None, "candidates": len(records), "front_size": len(front), "skipped": "the search ran without the estimate (estimate: false)"}
     est = [r["metrics"]["accuracy_estimate"] for r in records]
     real = [r["metrics"]["accuracy"] for r in records]
     tau = kendalltau(est, real)
