@@ -1,7 +1,8 @@
 """``python -m bench.versus RUN_DIR STEP [--macs-at N]``: every finished ``evaluate`` step of a run as a markdown table
 beside one of them (e.g. the unpruned FP32 model on the test split): kept layers, heads, FFN widths, params, MACs,
 accuracy with its 95% bootstrap CI, and the paired change on the rows both were measured on, with its interval —
-what tells a real drop from noise when sub-networks are compared (the super-network study's table)."""
+what tells a real drop from noise when sub-networks are compared (the super-network study's table). Causal-LM steps
+show perplexity, and their change is the paired perplexity ratio on the windows both were measured on."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ from tailorfit.pipeline import read_run  # noqa: E402
 from tailorfit.pipeline.cache import Cache  # noqa: E402
 from tailorfit.pipeline.errors import TailorfitError  # noqa: E402
 from tailorfit.pipeline.models.handles import Lowered  # noqa: E402
-from tailorfit.pipeline.search.stats import format_change, paired_change  # noqa: E402
+from tailorfit.pipeline.search.stats import format_change, paired_change, paired_perplexity_ratio  # noqa: E402
 
 from .measure import macs, params, subnet  # noqa: E402
 
@@ -38,19 +39,27 @@ def versus_table(run_dir: Path, reference: str, macs_at: int = 128) -> str:
     manifest, evaluated = evaluated_steps(run_dir)
     if reference not in evaluated:
         raise TailorfitError(f"'{reference}' is not a finished evaluate step of {run_dir}", f"use one of: {', '.join(evaluated) or '(none finished)'}")
-    base = evaluated[reference].reports["predictions"]
-    head = ["step", "kept layers", "heads", "FFN", "params M", f"GMACs @{macs_at}", "split", "accuracy (95% CI)", f"vs {reference}, pts (95% CI)"]
+    base, seed = evaluated[reference].reports["predictions"], manifest.get("seed", 0)
+    lm = "perplexity" in evaluated[reference].metrics
+    head = ["step", "kept layers", "heads", "FFN", "params M", f"GMACs @{macs_at}", "split", *(
+        ("perplexity (95% CI)", f"x {reference}'s perplexity, paired (95% CI)") if lm else ("accuracy (95% CI)", f"vs {reference}, pts (95% CI)"))]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for sid, m in evaluated.items():
-        if "accuracy" not in m.metrics:
+        if ("perplexity" if lm else "accuracy") not in m.metrics:
             continue
-        change = "—" if sid == reference else format_change(paired_change(m.reports["predictions"], base, seed=manifest.get("seed", 0)))
+        if lm:
+            low, high = m.metrics["perplexity_ci95"]
+            value = f"{m.metrics['perplexity']:.1f} ({low:.1f}–{high:.1f})"
+            r = None if sid == reference else paired_perplexity_ratio(m.reports["predictions"], base, seed=seed)
+            change = "—" if r is None else f"x{r['ratio']:.3f} ({r['ci_low']:.3f}…{r['ci_high']:.3f})"
+        else:
+            low, high = m.metrics["accuracy_ci95"]
+            value = f"{100 * m.metrics['accuracy']:.2f}% ({100 * low:.1f}–{100 * high:.1f})"
+            change = "—" if sid == reference else format_change(paired_change(m.reports["predictions"], base, seed=seed))
         layers = subnet(m.source).layers
         kept = [c for c in layers if c.keep]
-        low, high = m.metrics["accuracy_ci95"]
         cells = [sid, ",".join(str(i) for i, c in enumerate(layers) if c.keep), _widths(c.heads for c in kept), _widths(c.ffn for c in kept),
-                 f"{params(m.source) / 1e6:.2f}", f"{macs(m.source, macs_at) / 1e9:.3f}", m.metrics.get("split", "?"),
-                 f"{100 * m.metrics['accuracy']:.2f}% ({100 * low:.1f}–{100 * high:.1f})", change]
+                 f"{params(m.source) / 1e6:.2f}", f"{macs(m.source, macs_at) / 1e9:.3f}", m.metrics.get("split", "?"), value, change]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -96,7 +96,7 @@ def test_mixed_policy_recipe_keeps_named_layers_fp32(tiny_bert, sentences_csv, t
     assert report["fp32_linears"] == 6 and report["int8_linears"] >= 6
 
 
-def test_causal_lm_recipe_reports_perplexity(tiny_llama, text_jsonl, tmp_path):
+def test_causal_lm_recipe_reports_perplexity(tiny_llama, text_jsonl, tmp_path, capsys):
     recipe = {
         "name": "lm", "threads": 2,
         "steps": [
@@ -116,6 +116,14 @@ def test_causal_lm_recipe_reports_perplexity(tiny_llama, text_jsonl, tmp_path):
     assert 1 < fp32["perplexity"] < 2 * vocab  # a random model is near-uniform over the vocabulary
     assert fp32["windows"] > 3 and fp32["window_tokens"] == 32
     assert metrics["llama-int8"]["targets"]["onnxruntime-cpu"]["int8_linears"] > 0
+    # the study table for decoders: perplexity, and the paired ratio on shared equal-length windows is the ratio itself
+    from bench.versus import main
+
+    assert main([str(result.run_dir), "ort-eval"]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]}
+    int8 = metrics["llama-int8"]["targets"]["onnxruntime-cpu"]["perplexity"]
+    assert rows["ort-q-eval"][7].startswith(f"{int8:.1f} (") and rows["ort-eval"][-1].strip(" |") == "—"
+    assert rows["ort-q-eval"][-1].strip(" |").startswith(f"x{int8 / fp32['perplexity']:.3f} (")
 
 
 def _cli(*args, cwd=None):

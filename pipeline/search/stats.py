@@ -41,3 +41,17 @@ def paired_change(predictions: str | Path, reference: str | Path, seed: int = 0)
 def format_change(d: dict[str, float]) -> str:
     """A paired accuracy change in points with its interval: "+0.35 (-0.47…+1.17)"."""
     return f"{100 * d['difference']:+.2f} ({100 * d['ci_low']:+.2f}…{100 * d['ci_high']:+.2f})"
+
+
+def paired_perplexity_ratio(predictions: str | Path, reference: str | Path, seed: int = 0) -> dict[str, float]:
+    """Perplexity of one causal-LM evaluate report over another's on the windows both hold: exp of the mean per-window
+    difference in mean token NLL, with its bootstrap interval (windows have equal length, so this is the ratio of the
+    two perplexities on those windows)."""
+    def nll(path: str | Path) -> dict[Any, float]:
+        with open(path) as f:
+            return {r["id"]: r["nll_sum"] / r["tokens"] for r in map(json.loads, f)}
+
+    mine, theirs = nll(predictions), nll(reference)
+    ids = sorted(set(mine) & set(theirs))
+    d = paired_difference(np.array([mine[i] for i in ids]), np.array([theirs[i] for i in ids]), seed=seed)
+    return {"ratio": float(np.exp(d["difference"])), "ci_low": float(np.exp(d["ci_low"])), "ci_high": float(np.exp(d["ci_high"])), "n": d["n"]}
