@@ -105,7 +105,10 @@ def test_a_search_on_ray_with_a_worker_killed_midway_records_the_same_store_as_i
     assert all("ran_as_task" in steps[sid] and "ran_as_task" not in local.manifest["steps"][sid] for sid in branches)
     for sid in ("accurate-eval", "small-eval"):
         assert on_ray.outputs[sid].metrics["accuracy"] == local.outputs[sid].metrics["accuracy"]
-        assert on_ray.outputs[sid].source.selection.candidate == local.outputs[sid].source.selection.candidate
+        # the same pick up to ties: candidates equal in the rule's metrics (e.g. one sub-network under two policies)
+        # come in the front's latency order, which no two runs share
+        mine, theirs = on_ray.outputs[sid].source.selection, local.outputs[sid].source.selection
+        assert [mine.search_metrics[k] for k in ("accuracy", "params")] == [theirs.search_metrics[k] for k in ("accuracy", "params")]
     spans = sorted((steps[sid]["ran_as_task"]["started"], steps[sid]["ran_as_task"]["started"] + steps[sid]["produced"]["seconds"]) for sid in ("accurate-bench", "small-bench"))
     assert spans[0][1] <= spans[1][0] + 0.01
 
