@@ -33,7 +33,10 @@ def correct_by_id(path: str | Path) -> dict[Any, int]:
 
 def paired_change(predictions: str | Path, reference: str | Path, seed: int = 0) -> dict[str, float]:
     """The accuracy change of one evaluate report against another on the examples both hold (``paired_difference``)."""
-    mine, theirs = correct_by_id(predictions), correct_by_id(reference)
+    return _on_shared_ids(correct_by_id(predictions), correct_by_id(reference), seed)
+
+
+def _on_shared_ids(mine: dict[Any, float], theirs: dict[Any, float], seed: int) -> dict[str, float]:
     ids = sorted(set(mine) & set(theirs))
     return paired_difference(np.array([mine[i] for i in ids]), np.array([theirs[i] for i in ids]), seed=seed)
 
@@ -51,7 +54,5 @@ def paired_perplexity_ratio(predictions: str | Path, reference: str | Path, seed
         with open(path) as f:
             return {r["id"]: r["nll_sum"] / r["tokens"] for r in map(json.loads, f)}
 
-    mine, theirs = nll(predictions), nll(reference)
-    ids = sorted(set(mine) & set(theirs))
-    d = paired_difference(np.array([mine[i] for i in ids]), np.array([theirs[i] for i in ids]), seed=seed)
+    d = _on_shared_ids(nll(predictions), nll(reference), seed)
     return {"ratio": float(np.exp(d["difference"])), "ci_low": float(np.exp(d["ci_low"])), "ci_high": float(np.exp(d["ci_high"])), "n": d["n"]}
