@@ -74,7 +74,8 @@ class BenchContext:
         steps = {s["key"]: sid for sid, s in run.manifest["steps"].items() if "key" in s}
         entries = [
             Entry(REFERENCE, "tailorfit", f"the recipe's unpruned FP32 model (step {steps.get(reference.key, '?')}), OpenVINO at f32", reference),
-            Entry("OpenVINO FP32 at bf16 (CPU default)", "tailorfit", "the same IR compiled with OpenVINO's CPU default inference precision", extras["ov-bf16-eval"]),
+            *([Entry("OpenVINO FP32 at bf16 (CPU default)", "tailorfit", "the same IR compiled with OpenVINO's CPU default inference precision", extras["ov-bf16-eval"])]
+              if "ov-bf16-eval" in extras else []),
             Entry("optimum-intel INT8", "peer", "OVModelForSequenceClassification(export=True) + OVQuantizer, static OVQuantizationConfig", peers["optimum-intel-int8"]),
             Entry("NNCF accuracy control INT8", "peer", "nncf.quantize_with_accuracy_control, max drop 1 pt absolute on validation", peers["nncf-accuracy-control"]),
             Entry("ONNX Runtime quantize_static INT8", "peer", "onnxruntime.quantization.quantize_static, defaults, on tailorfit's FP32 ONNX", peers["ort-quantize-static"]),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tailorfit.pipeline.cache import swap_in_folder, write_json_atomic
+from tailorfit.pipeline.host import lacks_native
 
 from .sections import Section
 
@@ -38,7 +39,13 @@ def _header(meta: dict[str, Any]) -> str:
         f"`{meta['command']}` — recipe `{meta['recipe']}` (run folder `{meta['run_dir']}`), {meta['seconds']:.0f} s.  \n"
         f"Host: {host['cpu']}, {host['logical_cores']} logical cores ({', '.join(host['isa'])}), {meta['threads']} threads, "
         f"Python {host['python']}, {host['platform']}.  \nVersions: {versions}."
+        + "".join(f"  \n**Caveat:** {c}." for c in _caveats(host))
     )
+
+
+def _caveats(host: dict[str, Any]) -> list[str]:
+    """The bench times INT8 (and bf16 where the CPU has it) everywhere, so it says when the CPU lacks INT8 instructions."""
+    return [c for c in [lacks_native("int8", host)] if c]
 
 
 def latest_report(root: Path) -> Path | None:
@@ -56,7 +63,8 @@ def readme_section(report: dict[str, Any], report_path: str) -> str:
     host = meta["host"]
     lines = [
         f"### Latest results, {meta['date']} (`{meta['command']}`)",
-        f"{host['cpu']}, {host['logical_cores']} logical cores, {meta['threads']} threads, batch 1.",
+        f"{host['cpu']}, {host['logical_cores']} logical cores ({', '.join(host['isa'])}), {meta['threads']} threads, batch 1.",
+        *[f"**Caveat:** {c}." for c in _caveats(host)],
     ]
     for name in README_SECTIONS:
         if name in report["sections"]:

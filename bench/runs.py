@@ -13,7 +13,7 @@ from tailorfit.pipeline import load_recipe, read_run, run_pipeline
 from tailorfit.pipeline.cache import Cache
 from tailorfit.pipeline.handles import Handle
 from tailorfit.pipeline.models.handles import Dataset, HFModel, Lowered
-from tailorfit.pipeline.host import default_threads
+from tailorfit.pipeline.host import default_threads, has_native
 
 log = logging.getLogger("tailorfit.bench")
 
@@ -101,7 +101,7 @@ def _finished_outputs(run_dir: Path, raw: dict[str, Any]) -> tuple[dict[str, Any
 
 
 def extra_branches(run: RecipeRun, out: Path) -> dict[str, Lowered]:
-    """tailorfit's own artifacts the recipe does not build: the unpruned model on OpenVINO at bf16 (the CPU's default),
+    """tailorfit's own artifacts the recipe does not build: the unpruned model on OpenVINO at bf16 (the CPU's default, if it has bf16),
     its ONNX lowering (the ORT peer's input) and the FP32 / INT8 pairs on torch-cpu (eager) and torch-inductor-cpu. Run as a recipe sharing the
     fine-tuned model's cache entries, so these are built once (and hit minilm-three-targets' entries where it ran)."""
     base = [s for s in run.raw["steps"] if s["pass"] in ("load", "dataset", "finetune")]
@@ -116,7 +116,8 @@ def extra_branches(run: RecipeRun, out: Path) -> dict[str, Lowered]:
 
     steps = [
         *base,
-        lower("ov-bf16", target="openvino-cpu", inference_precision="bf16"), evaluated("ov-bf16"),
+        # OpenVINO's CPU default, on a CPU that has bf16 (without, it computes in f32: the reference again)
+        *([lower("ov-bf16", target="openvino-cpu", inference_precision="bf16"), evaluated("ov-bf16")] if has_native("bf16") else []),
         lower("ort-fp32", target="onnxruntime-cpu"),
         lower("pt-fp32", target="torch-cpu"), evaluated("pt-fp32"),
         {"id": "pt-int8", "pass": "quantize", "inputs": {"model": "pt-fp32", "data": data}, "config": run.int8_config()}, evaluated("pt-int8"),

@@ -6,20 +6,20 @@ and the CPU load other processes caused while measuring (a busy machine is retri
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field
 
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
 from tailorfit.pipeline.models.handles import Lowered
-from tailorfit.pipeline.models.loading import read_config
+from tailorfit.pipeline.models.loading import read_config, refuse_beyond_positions
 from tailorfit.targets import get_target
 from tailorfit.targets.timing import measure_latency
 
 
 class BenchmarkConfig(PassConfig):
-    sequence_lengths: list[int] = Field(default=[128], min_length=1, description="tokens per input (text models); batch is 1")
+    sequence_lengths: list[Annotated[int, Field(ge=1)]] = Field(default=[128], min_length=1, description="tokens per input (text models); batch is 1")
     warmup: int = Field(default=10, ge=1)
     runs: int = Field(default=100, ge=50)
     threads: int | None = Field(default=None, ge=1, description="default: the run's threads")
@@ -47,6 +47,7 @@ class Benchmark(Pass):
         rng = np.random.default_rng(ctx.seed)
         latency = {}
         lengths = c.sequence_lengths if "pixel_values" not in model.inputs else [0]
+        check_length(model, max(lengths))
         with ctx.progress(f"timing {model.candidate} on {model.target}", len(lengths)) as bar:
             for length in lengths:
                 inputs = synthetic_inputs(model, length, rng)
@@ -56,6 +57,10 @@ class Benchmark(Pass):
                 latency[str(length) if length else "image"] = {**stats.as_dict(), "threads": threads, "batch": 1, "inference_precision": model.inference_precision}
                 bar.advance(1)
         return model.model_copy(update={"metrics": {**model.metrics, "latency": latency}})
+
+
+def check_length(model: Lowered, length: int) -> None:
+    refuse_beyond_positions(read_config(model.source.path), length, model.candidate, "sequence length")
 
 
 def synthetic_inputs(model: Lowered, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

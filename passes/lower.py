@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import ModelFamily, family_by_name
+from tailorfit.pipeline.host import has_native, host_info
 from tailorfit.pipeline.models.handles import HFModel, Lowered
 from tailorfit.pipeline.models.loading import export_ready
 from tailorfit.targets import TARGETS, get_target
@@ -50,6 +51,9 @@ class Lower(Pass):
                 f"{target.name} cannot run at inference precision '{self.config.inference_precision}'",
                 f"use one of: {', '.join(target.inference_precisions)}",
             )
+        if self.config.inference_precision and not has_native(self.config.inference_precision):
+            raise TailorfitError(f"this CPU ({host_info()['cpu']}) has no {self.config.inference_precision} instructions, so the runtime would not compute in it",
+                                 "drop inference_precision (f32), or run on a CPU that has them")
 
     def run(self, ctx: PassContext, model: HFModel) -> Lowered:
         target = get_target(self.config.target)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -20,6 +21,7 @@ from tailorfit.pipeline.contract import Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.models.data import encode_rows, lm_batch, lm_windows, read_split
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import family_by_name
+from tailorfit.pipeline.host import lacks_native
 from tailorfit.pipeline.models.handles import Dataset, Lowered
 from tailorfit.pipeline.models.loading import export_ready, layer_count, load_preprocessor
 from tailorfit.pipeline.models.policy import HEAD, QuantizationPolicy, policy_label
@@ -50,6 +52,10 @@ class Quantize(Pass):
 
     def packages_for(self, inputs: dict[str, Any]) -> tuple[str, ...]:
         return (*self.packages, *get_target(inputs["model"].target).packages)
+
+    def caveats(self, host: Mapping[str, Any]) -> list[str]:
+        missing = lacks_native("int8", dict(host)) if self.config.scheme == "static" else None  # weight-only computes in float
+        return [missing] if missing else []
 
     def requires(self, inputs: PortFacts) -> None:
         if self.config.policy == "selected" and not inputs["model"].get("selected"):

@@ -26,6 +26,7 @@ import os
 import pickle
 import shutil
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -39,6 +40,7 @@ from tailorfit.pipeline.search.store import EvaluationStore
 from tailorfit.pipeline.search.genome import Candidate, Genome
 from tailorfit.pipeline.search.latency_table import BlockShapes, LatencyTable, build_table, table_specs
 from tailorfit.pipeline.families import family_by_name
+from tailorfit.pipeline.host import lacks_native
 from tailorfit.pipeline.models.handles import Dataset, Lowered, SearchResult, SuperNet
 from tailorfit.pipeline.models.policy import QuantizationPolicy
 from tailorfit.pipeline.search.multiobjective import IntegerProblem, SearchSettings, run_search
@@ -100,6 +102,10 @@ class Search(Pass):
 
     def packages_for(self, inputs: dict[str, Any]) -> tuple[str, ...]:
         return (*self.packages, *TARGETS[self.config.target].packages)
+
+    def caveats(self, host: Mapping[str, Any]) -> list[str]:
+        missing = lacks_native("int8", dict(host)) if "int8" in self.config.precisions else None
+        return [missing] if missing else []
 
     def requires(self, inputs: PortFacts) -> None:
         _refuse_causal_lm(inputs["supernet"].get("task"))

@@ -150,6 +150,11 @@ class Pass:
         first = next((v for v in inputs.values() if not isinstance(v, list)), {})
         return first
 
+    def caveats(self, host: Mapping[str, Any]) -> list[str]:
+        """What this step's measurements mean on the machine described by ``host`` (``pipeline/host.py``), said once
+        when a run starts and kept in its manifest: a pass timing INT8 models on a CPU without INT8 instructions says so."""
+        return []
+
     def resources(self, **inputs: Any) -> dict[str, float]:
         """Custom resources a node must advertise to run this step as a task (a latency measurement: its target's)."""
         return {}

@@ -32,6 +32,28 @@ def host_info() -> dict[str, Any]:
     }
 
 
+# the instructions that make a precision fast on a CPU; without them the runtime emulates it with wider ones
+_NATIVE = {
+    "int8": ({"avx512_vnni", "avx_vnni", "amx_int8"}, "no INT8 dot-product instructions (VNNI or AMX)", "INT8 layers may run slower than FP32"),
+    "bf16": ({"avx512_bf16", "amx_bf16"}, "no bf16 instructions (AVX512_BF16 or AMX)", "bf16 would be emulated or silently run in f32"),
+}
+
+
+def has_native(precision: str, host: dict[str, Any] | None = None) -> bool:
+    """Whether the CPU has instructions that compute ``precision`` (``int8``, ``bf16``; anything else: True)."""
+    return precision not in _NATIVE or bool(_NATIVE[precision][0] & set((host or host_info()).get("isa", ())))
+
+
+def lacks_native(precision: str, host: dict[str, Any] | None = None) -> str | None:
+    """A sentence saying that the CPU lacks native instructions for ``precision`` and what that means for latency
+    measured on it, or None when it has them."""
+    host = host or host_info()
+    if has_native(precision, host):
+        return None
+    _, missing, effect = _NATIVE[precision]
+    return f"{host.get('cpu', 'this CPU')} has {missing}: {effect} on it, so its latencies do not carry over to a CPU that has them"
+
+
 def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 

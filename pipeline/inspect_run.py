@@ -58,8 +58,10 @@ def print_run(run_dir: str | Path, console: Console | None = None) -> None:
         f"[bold]{manifest['recipe_name']}[/bold]: {manifest['status']}"
         f"{' after step ' + str(manifest['last_finished_step']) if manifest['status'] == 'interrupted' else ''}, started {manifest['started']}, "
         f"{manifest.get('seconds', '?')} s, {len(manifest['steps'])} steps ({hits} from cache), "
-        f"{manifest['threads']} threads on {manifest['host']['cpu']}"
+        f"{manifest['threads']} threads on {manifest['host']['cpu']} ({', '.join(manifest['host']['isa']) or 'no AVX2'})"
     )
+    for caveat in manifest.get("caveats", []):
+        console.print(f"[yellow]caveat:[/yellow] {caveat}", markup=True, highlight=False)
     steps = Table(title="steps")
     for col in ("step", "pass", "cache", "seconds", "key"):
         steps.add_column(col)

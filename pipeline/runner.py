@@ -82,6 +82,9 @@ def run_pipeline(
         "seed": parsed.seed, "threads": threads, "host": host_info(), "packages": package_versions(CORE_PACKAGES),
         "cache": str(cache.root), "order": pipe.order, "steps": {}, "inputs": {},
     }
+    manifest["caveats"] = list(dict.fromkeys(c for sid in pipe.order for c in pipe.nodes[sid].pass_.caveats(manifest["host"])))
+    for caveat in manifest["caveats"]:
+        log.warning("%s", caveat)
     outputs: dict[str, Handle] = {}
     t_run = time.perf_counter()
     with ProgressDisplay(enabled=not quiet) as display, contextlib.closing(pool), Heartbeat(run_dir):

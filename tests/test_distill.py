@@ -57,7 +57,7 @@ def test_finalists_are_distilled_measured_again_and_the_fastest_that_holds_is_pa
             {"id": f"pick{rank}-val", "pass": "evaluate", "config": {"split": "validation", "max_length": 24, "bootstrap": 200}},
         ]
     steps += [
-        {"id": "chosen", "pass": "choose", "inputs": {"candidates": ["pick1-val", "pick2-val", "pick50-val"], "reference": "ov-fp32-val"}, "config": {"max_accuracy_drop": 100.0}},
+        {"id": "chosen", "pass": "choose", "inputs": {"candidates": ["pick1-val", "pick2-val", "pick50-val"], "reference": "ov-fp32-val"}, "config": {"max_accuracy_drop": 100.0, "sequence_length": 24}},
         {"id": "chosen-test", "pass": "evaluate", "config": {"max_length": 24, "bootstrap": 200}},
         {"id": "package", "pass": "package"},
     ]
@@ -66,12 +66,15 @@ def test_finalists_are_distilled_measured_again_and_the_fastest_that_holds_is_pa
     ran = [r for r in (1, 2) if f"pick{r}-val" in result.outputs]  # a tiny search may leave a single Pareto point
     assert "pick50-val" not in result.outputs and len(finalists) == len(ran) >= 1 and all(f["distillation"]["steps"] == 10 for f in finalists)
     assert result.outputs["chosen"].candidate == min(finalists, key=lambda f: (f["latency_ratio"], -f["accuracy"]))["candidate"]
+    # the finalists that hold were timed again, interleaved with the reference: the pick rests on that, not on the search's timings
+    assert all(f["latency_ratio"] > 0 and f["search_latency_ratio"] > 0 for f in finalists)
+    assert "timed interleaved with the reference (50 rounds at 24 tokens" in result.outputs["chosen"].metrics["chosen_by"]
     assert result.outputs["chosen-test"].metrics["split"] == "test"
     packaged = json.loads((result.run_dir / "metrics.json").read_text())
     picked = [c for c in packaged.values() if "selection" in c]
     assert len(picked) == 1 and "distillation" in picked[0]  # the finalists measured on validation are not shipped
     card = (result.run_dir / "candidates" / picked[0]["candidate"] / "README.md").read_text()
-    assert "Distilled from `tiny`" in card
+    assert "Distilled from `tiny`" in card and f"among {len(finalists)} finalists (validation split" in card
     assert "`ft` (finetune)" in card and "pick50" not in card and "cheap PyTorch estimate" not in card
     search = result.outputs["search"].path
     assert json.loads((search / "estimate_vs_target.json").read_text())["kendall_tau"] is None

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import classification_recipe
 from tailorfit.pipeline import read_run, run_pipeline
+from tailorfit.pipeline.host import lacks_native
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,11 @@ def test_artifact_layout_and_metrics(classification_run):
     assert weights["tiny-int8"] < 0.5 * weights["tiny-fp32"]
     assert int8["onnxruntime-cpu"]["size_mb"] < 0.5 * metrics["tiny-fp32"]["targets"]["onnxruntime-cpu"]["size_mb"]
     assert manifest["host"]["cpu"] and manifest["packages"]["openvino"] and manifest["inputs"]["model"]
+    # the run says what this CPU's INT8 timings are worth (said once, though two quantize steps ask) and so does the INT8 card
+    missing = lacks_native("int8", manifest["host"])
+    assert manifest["caveats"] == ([missing] if missing else [])
+    assert ("**Caveat:**" in (run_dir / "candidates" / "tiny-int8" / "README.md").read_text()) == bool(missing)
+    assert "**Caveat:**" not in (run_dir / "candidates" / "tiny-fp32" / "README.md").read_text()
 
 
 def test_a_moved_cache_answers_every_step(classification_run, tiny_bert, sentences_csv, tmp_path):
@@ -134,6 +140,7 @@ def test_cli_inspect_passes_targets(classification_run):
     out, result = classification_run
     r = _cli("inspect", str(result.run_dir))
     assert r.returncode == 0 and "tiny-int8" in r.stdout and "openvino-cpu" in r.stdout
+    assert ("caveat: " in r.stdout) == bool(result.manifest["caveats"])
     r = _cli("passes")
     assert r.returncode == 0 and "quantize" in r.stdout and "calibration_samples" in r.stdout
     r = _cli("targets")

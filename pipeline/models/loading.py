@@ -21,7 +21,21 @@ def read_config(path: Path) -> dict[str, Any]:
     cfg = path / "config.json"
     if not cfg.is_file():
         raise TailorfitError(f"'{path}' has no config.json, so it is not a Hugging Face model folder", "point 'path' at the folder save_pretrained wrote")
-    return json.loads(cfg.read_text())
+    try:
+        config = json.loads(cfg.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TailorfitError(f"'{cfg}' is not valid JSON ({str(exc).splitlines()[0][:120]})", "fix config.json, or re-save the model with save_pretrained") from None
+    if not isinstance(config, dict):
+        raise TailorfitError(f"'{cfg}' holds a {type(config).__name__}, not a JSON object", "fix config.json, or re-save the model with save_pretrained")
+    return config
+
+
+def refuse_beyond_positions(config: dict[str, Any], length: int, model_name: str, setting: str) -> None:
+    """Refuse inputs longer than the model's config says it takes: past its position table a runtime fails with an
+    index error, or reads garbage and times or scores nothing a user can run."""
+    longest = next((int(config[k]) for k in ("max_position_embeddings", "n_positions") if isinstance(config.get(k), int)), None)
+    if longest and length > longest:
+        raise TailorfitError(f"{model_name} takes {longest} positions, but {setting} lets {length}-token inputs through", f"set {setting} to at most {longest}")
 
 
 def layer_count(path: Path) -> int:
@@ -144,5 +158,13 @@ def model_facts(path: Path, task: str, config: dict[str, Any] | None = None) -> 
     facts = {"family": family.name, "model_type": config["model_type"], "task": task}
     if (path / ARCHITECTURE).is_file():  # a sub-network: config.json may describe its super-network
         return {**facts, "num_layers": layer_count(path)}
-    return {**facts, "num_layers": family.num_layers(config), "dims": family.dims(config)}
+    try:
+        num_layers, dims = family.num_layers(config), family.dims(config)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise TailorfitError(f"config.json of '{path}' does not describe a {family.name} model's sizes ({type(exc).__name__}: {exc})",
+                             "fix config.json, or re-save the model with save_pretrained") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (num_layers, *dims.values()) if v is not None):
+        raise TailorfitError(f"config.json of '{path}' gives sizes that are not positive whole numbers ({dims}, {num_layers} layers)",
+                             "fix config.json, or re-save the model with save_pretrained")
+    return {**facts, "num_layers": num_layers, "dims": dims}
 

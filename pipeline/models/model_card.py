@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tailorfit.pipeline.host import lacks_native
+
 _LOAD = {
     "openvino-cpu": """```python
 import openvino as ov
@@ -52,6 +54,13 @@ def _quality(m: dict[str, Any]) -> str:
     return "not evaluated"
 
 
+def _caveats(entry: dict[str, Any], host: dict[str, Any]) -> list[str]:
+    """What the CPU's missing instructions mean for the precisions this candidate's rows are measured in."""
+    computed = {m["precision"] for m in entry["targets"].values()} | {m["inference_precision"] for m in entry["targets"].values()}
+    wanted = {"int8"} if computed & {"int8", "mixed"} else set()
+    return [c for p in sorted(wanted | ({"bf16"} & computed)) if (c := lacks_native(p, host))]
+
+
 def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
     host = entry["host"]
     lines = [
@@ -62,7 +71,8 @@ def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
         *[f"**Note:** {n}" for n in entry.get("notes", [])],
         "",
         "## Measured on the target",
-        f"Measured {entry['measured']} on {host['cpu']} ({host['logical_cores']} logical cores; {', '.join(host['isa']) or 'no AVX-512'}).",
+        f"Measured {entry['measured']} on {host['cpu']} ({host['logical_cores']} logical cores; {', '.join(host['isa']) or 'no AVX2'}).",
+        *[f"**Caveat:** {c}." for c in _caveats(entry, host)],
         "Every number below comes from the runtime that serves the files in the same row.",
         "",
         "| target | weights | inference precision | quality | latency median / p90 (ms) | size (MB) | vs the unpruned model |",
@@ -97,6 +107,11 @@ def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
         scale, unit = (100, "%") if distilled["measure"].startswith("accuracy") else (1, "")
         lines += ["", f"Distilled from `{distilled['teacher']}` for {distilled['steps']} steps ({'logits and hidden states' if distilled['hidden_states'] else 'logits'}): "
                   f"{distilled['split']} {distilled['measure']} {distilled['before'] * scale:.2f}{unit} before, {distilled['after'] * scale:.2f}{unit} after."]
+    chosen = next((m for m in entry["targets"].values() if m.get("finalists")), None)
+    if chosen:
+        lines += ["", f"Chosen as the {chosen['chosen_by']}, among {len(chosen['finalists'])} finalists ({chosen['finalists'][0]['split']} split, "
+                  "paired vs the unpruned FP32 model): " + "; ".join(
+                      f"`{f['candidate']}` {f['accuracy'] * 100:.2f}% ({f['accuracy_change']['difference'] * 100:+.2f} pts), latency x{f['latency_ratio']:.2f}" for f in chosen["finalists"]) + "."]
     lines += ["", "## How it was made", "", "The steps this candidate came from, in order, with their configs:", ""]
     steps = manifest.get("steps", {})
     lineage = _ancestors(steps, {m["step"] for m in entry["targets"].values() if "step" in m})
