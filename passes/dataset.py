@@ -6,7 +6,6 @@ The split is seeded and, for classification, stratified.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from pathlib import Path
@@ -16,53 +15,32 @@ from pydantic import Field, model_validator
 
 from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.models.data_files import read_rows
 from tailorfit.pipeline.models.handles import Dataset, Task
 from tailorfit.pipeline.locations import content_hash, resolve_location
 
 SPLITS = ("train", "validation", "test")
+MIN_EVALUATION_ROWS = 10  # below this an accuracy moves in steps of 10 points or more: no measurement to pick a model on
 
 
 class DatasetConfig(PassConfig):
     path: str = Field(description="a .csv/.jsonl/.parquet file, a saved HF dataset folder, or pkg://PACKAGE/relative/path")
     task: Task = "text-classification"
-    text_column: str = "text"
+    text_column: str | list[str] = Field(default="text", description="the text column, or two for text pairs (NLI, paraphrase): [premise, hypothesis]")
     label_column: str | None = Field(default="label", description="class column (classification tasks); ignored for causal-lm")
     image_column: str = Field(default="image", description="image-classification: nested pixel lists or file paths relative to the data file")
     where: dict[str, str | int] = Field(default={}, description="keep only rows whose columns equal these values")
     fractions: tuple[float, float, float] = Field(default=(0.8, 0.1, 0.1), description="train, validation, test")
     max_rows: int | None = Field(default=None, ge=10, description="stratified subsample before splitting (quick runs)")
+    encoding: str = Field(default="utf-8", description="text encoding of a CSV / JSONL file (utf-8 also reads Excel's BOM)")
 
     @model_validator(mode="after")
     def _fractions(self) -> "DatasetConfig":
         if abs(sum(self.fractions) - 1) > 1e-6 or min(self.fractions) <= 0:
             raise ValueError("fractions must be three positive numbers summing to 1")
+        if isinstance(self.text_column, list) and (len(self.text_column) not in (1, 2) or self.task != "text-classification"):
+            raise ValueError("text_column takes one column, or two (a text pair) for text-classification")
         return self
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if path.is_dir():
-        import pyarrow as pa
-
-        arrow_files = sorted(path.rglob("*.arrow"))
-        if not arrow_files:
-            raise TailorfitError(f"folder '{path}' holds no .arrow files", "give a folder written by datasets' save_to_disk, or a data file")
-        rows: list[dict[str, Any]] = []
-        for f in arrow_files:
-            with pa.memory_map(str(f)) as src:
-                rows += pa.ipc.open_stream(src).read_all().to_pylist()
-        return rows
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    if suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    raise TailorfitError(f"cannot read '{path.name}'", "use a .csv, .jsonl or .parquet file, or a saved Hugging Face dataset folder")
 
 
 class DatasetPass(Pass):
@@ -86,16 +64,19 @@ class DatasetPass(Pass):
         return content_hash(self._path())
 
     def _columns(self) -> dict[str, str]:
+        """Record field -> the data's column: ``text`` (and ``text_pair`` for pairs) or ``image``, and ``label``."""
         c = self.config
+        texts = [c.text_column] if isinstance(c.text_column, str) else c.text_column
         if c.task == "causal-lm":
-            return {"text": c.text_column}
-        source = c.image_column if c.task == "image-classification" else c.text_column
-        return {"image" if c.task == "image-classification" else "text": source, "label": c.label_column or "label"}
+            return {"text": texts[0]}
+        if c.task == "image-classification":
+            return {"image": c.image_column, "label": c.label_column or "label"}
+        return {**dict(zip(("text", "text_pair"), texts)), "label": c.label_column or "label"}
 
     def run(self, ctx: PassContext) -> Dataset:
         c = self.config
         path = self._path()
-        rows = read_rows(path)
+        rows = read_rows(path, c.encoding)
         for col, value in c.where.items():
             if rows and col not in rows[0]:
                 raise TailorfitError(f"'where' names column '{col}', which the data lacks (columns: {', '.join(rows[0])})", "fix the column name")
@@ -107,19 +88,26 @@ class DatasetPass(Pass):
             if col not in rows[0]:
                 raise TailorfitError(f"the data has no column '{col}' (columns: {', '.join(rows[0])})", "set text_column / label_column / image_column in the dataset step")
         records = [{"id": i, **{k: r[v] for k, v in columns.items()}} for i, r in enumerate(rows)]
+        _check_rows(records, columns)
         label_names: list[str] = []
         if "label" in columns:
-            label_names = sorted({str(r["label"]) for r in records}, key=_label_order)
+            for r in records:
+                r["label"] = _label_name(r["label"])
+            label_names = sorted({r["label"] for r in records}, key=_label_order)
             if len(label_names) < 2:
                 raise TailorfitError(f"the label column '{columns['label']}' has one class only ({label_names[0]!r})", "a classifier needs at least two classes: check the data or 'where'")
             index = {name: i for i, name in enumerate(label_names)}
             for r in records:
-                r["label"] = index[str(r["label"])]
+                r["label"] = index[r["label"]]
         if c.task == "image-classification":
             for r in records:
                 if isinstance(r["image"], str):
                     r["image"] = str((path.parent / r["image"]).resolve())
         splits = self._split(records, ctx.seed, stratify="label" in columns)
+        for split in ("validation", "test"):
+            if len(splits[split]) < MIN_EVALUATION_ROWS:
+                raise TailorfitError(f"the {split} split gets {len(splits[split])} of {len(records)} rows, too few to measure a model on",
+                                     f"give at least {MIN_EVALUATION_ROWS} rows to each of validation and test (more data, or larger 'fractions' for them)")
         out = ctx.work_dir
         for split, part in splits.items():
             with open(out / f"{split}.jsonl", "w", encoding="utf-8") as f:
@@ -163,3 +151,28 @@ def _label_order(name: str) -> tuple[int, Any]:
     except ValueError:
         return (1, name)
 
+
+
+def _check_rows(records: list[dict[str, Any]], columns: dict[str, str]) -> None:
+    """Refuse rows a model would silently learn nothing from (empty texts) or learn wrong (blank labels become a
+    class of their own). Rows are counted from 1, as a user finds them in the file."""
+    checks = [("label", "a blank label", "fill in or drop those rows")]
+    if "label" in columns:  # a classifier's texts; a causal LM's empty lines add no tokens
+        checks += [(key, "an empty text", "drop those rows, or filter them out with 'where'") for key in ("text", "text_pair")]
+    for key, what, fix in checks:
+        if key not in columns:
+            continue
+        bad = [r["id"] + 1 for r in records if r[key] is None or not str(r[key]).strip()]
+        if bad:
+            shown = ", ".join(map(str, bad[:5])) + (" …" if len(bad) > 5 else "")
+            raise TailorfitError(f"{len(bad)} rows have {what} in column '{columns[key]}' (rows {shown})", fix)
+
+
+def _label_name(value: Any) -> str:
+    """One name per class, however the file writes it: 1, 1.0 and "1" are one class; "pos" stays "pos"."""
+    name = str(value).strip()
+    try:
+        number = float(name)
+    except ValueError:
+        return name
+    return str(int(number)) if number.is_integer() else name

@@ -15,7 +15,7 @@ import torch
 from tailorfit.pipeline.contract import Pass, PassContext
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.models.handles import Dataset, HFModel
-from tailorfit.pipeline.models.loading import input_names, load_preprocessor, load_torch_model
+from tailorfit.pipeline.models.loading import input_names, load_preprocessor, load_torch_model, refuse_beyond_positions
 from tailorfit.pipeline.models.training import TaskData, TrainingConfig, save_folder_atomic, train
 
 
@@ -31,6 +31,12 @@ class Finetune(Pass):
         tok = load_preprocessor(model)
         net = self._load(model, data)
         task = TaskData.load(tok, data, input_names(net, model), self.config.max_length)
+        lengths = task.length_report()
+        longest = lengths["token_length_percentiles"]["100"] if lengths else self.config.max_length  # a causal LM's windows are max_length long
+        refuse_beyond_positions(net.config.to_dict(), min(longest, self.config.max_length), model.name, "max_length")
+        if lengths and lengths["cut"]:
+            ctx.log.warning("%d of %d training texts are longer than max_length %d and are cut (99th percentile %d, longest %d tokens)", lengths["cut"],
+                            lengths["rows"], self.config.max_length, lengths["token_length_percentiles"]["99"], lengths["token_length_percentiles"]["100"])
         best_dir = ctx.work_dir / "model"
 
         def step(batch: dict[str, torch.Tensor], index: int) -> float:
@@ -46,7 +52,7 @@ class Finetune(Pass):
                 save_folder_atomic(lambda tmp: (net.save_pretrained(tmp), tok.save_pretrained(tmp)), best_dir)
 
         state = train(ctx, net, task, self.config, step, end_of_epoch, "fine-tuning")
-        (ctx.work_dir / "train_log.json").write_text(json.dumps({"steps": state["total"], "best_validation": state["best"], "loss": state["history"]}))
+        (ctx.work_dir / "train_log.json").write_text(json.dumps({"steps": state["total"], "best_validation": state["best"], "lengths": lengths, "loss": state["history"]}))
         return model.model_copy(update={"path": best_dir, "num_labels": len(data.label_names) or None})
 
     def _load(self, model: HFModel, data: Dataset) -> torch.nn.Module:

@@ -13,7 +13,7 @@ from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, Po
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.models.handles import HFModel, Task
 from tailorfit.pipeline.locations import PKG_SCHEME, content_hash, resolve_location
-from tailorfit.pipeline.models.loading import auto_class, model_facts, read_config
+from tailorfit.pipeline.models.loading import auto_class, load_torch_model, model_facts, read_config
 
 
 GGUF_CONVERSION = 2  # 2: tokenizer saved from its backend (1 reloaded with the wrong pre-tokenizer)
@@ -47,6 +47,8 @@ class Load(Pass):
         path = resolve_location(self.config.path)
         if path.is_dir():
             return path
+        if path.is_file():
+            raise TailorfitError(f"model path '{self.config.path}' is a file, not a model folder", f"give the folder that holds it and its config.json: {path.parent}")
         looks_like_hub_id = not self.config.path.startswith((PKG_SCHEME, "/", ".", "~")) and self.config.path.count("/") == 1
         if not looks_like_hub_id:
             raise TailorfitError(f"model path '{self.config.path}' does not exist", "give a local Hugging Face model folder, pkg://PACKAGE/path, or a hub id")
@@ -92,10 +94,13 @@ class Load(Pass):
         if self.config.gguf_file:
             path = self._convert_gguf(ctx)
             notes = [f"Its FP32 weights are dequantised from the quantized GGUF file {self.config.gguf_file}, not original full-precision weights."]
-        return HFModel(
+        model = HFModel(
             path=path, task=self.config.task, family=facts["family"], notes=notes,
             name=self.config.name or self.folder().name, num_labels=config.get("num_labels") if config.get("id2label") else None,
         )
+        _check_weights(model)
+        _check_preprocessor(model, gguf=bool(self.config.gguf_file))
+        return model
 
     def _convert_gguf(self, ctx: PassContext) -> Path:
         """A plain model folder from a GGUF file: transformers dequantises on load but cannot save that object."""
@@ -121,3 +126,31 @@ class Load(Pass):
         if AutoTokenizer.from_pretrained(out)(probe).input_ids != gguf_tok(probe).input_ids:
             raise TailorfitError("the tokenizer converted from the GGUF file does not reproduce the original's tokens", "report this with --debug output")
         return out
+
+
+# files that hold a tokenizer's vocabulary: without one, transformers builds a tokenizer that maps every word to [UNK]
+_VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _check_weights(model: HFModel) -> None:
+    """The weights load as config.json describes them and hold only finite numbers: a corrupt file fails here, in one
+    line, instead of fine-tuning to a NaN loss or failing in a later step with the loader's own exception."""
+    import torch
+
+    try:
+        net = load_torch_model(model)
+    except Exception as exc:  # missing, truncated or mis-shaped weights all mean the same to a user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise TailorfitError(f"the weights in '{model.path}' do not load ({type(exc).__name__}: {first})",
+                             "re-save the model with save_pretrained, and check that config.json matches the weights") from None
+    bad = [name for name, t in net.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise TailorfitError(f"{len(bad)} weight tensors in '{model.path}' hold NaN or infinite values (first: {bad[0]})", "re-export the model: these weights are corrupt")
+
+
+def _check_preprocessor(model: HFModel, gguf: bool) -> None:
+    if model.task == "image-classification":
+        if not (model.path / "preprocessor_config.json").is_file():
+            raise TailorfitError(f"'{model.path}' has no preprocessor_config.json", "save the image processor beside the model (processor.save_pretrained)")
+    elif not gguf and not any((model.path / name).is_file() for name in _VOCABULARY_FILES):
+        raise TailorfitError(f"'{model.path}' has no tokenizer vocabulary ({', '.join(_VOCABULARY_FILES)})", "save the tokenizer beside the model (tokenizer.save_pretrained)")

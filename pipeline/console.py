@@ -31,6 +31,12 @@ def setup_logging(quiet: bool = False, debug: bool = False) -> logging.Logger:
     # environment, read when those libraries are first imported, so the machinery imports none of them.
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "debug" if debug else "error")
+    # a caller of run_pipeline may have imported them already, when the environment is no longer read
+    if (transformers := sys.modules.get("transformers")) is not None:
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity(logging.DEBUG if debug else logging.ERROR)
+    if (hub := sys.modules.get("huggingface_hub")) is not None:
+        hub.utils.disable_progress_bars()
     return log
 
 

@@ -16,18 +16,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping
 
-from pydantic import BaseModel, ConfigDict
-
+from tailorfit.pipeline.config_model import ConfigModel
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.executor import Executor, LocalExecutor
 from tailorfit.pipeline.handles import Handle
 from tailorfit.pipeline.plugins import load_passes
 
 
-class PassConfig(BaseModel):
-    """Base of every pass's config: unknown fields are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
+class PassConfig(ConfigModel):
+    """Base of every pass's config (see ConfigModel: unknown fields and booleans for numbers are errors)."""
 
 
 @dataclass(frozen=True)

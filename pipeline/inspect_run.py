@@ -18,10 +18,21 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
         raise TailorfitError(f"'{run_dir}' has no manifest.json, so it is not a tailorfit run directory", "give a folder like artifacts/<recipe name>")
-    manifest = effective_status(json.loads(manifest_path.read_text()), run_dir)
+    manifest = effective_status(_json(manifest_path), run_dir)
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = _json(metrics_path) if metrics_path.is_file() else {}
     return manifest, metrics
+
+
+def _json(path: Path) -> dict[str, Any]:
+    """A run file tailorfit wrote atomically; one that does not parse was edited or damaged since."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TailorfitError(f"'{path}' is damaged: not valid JSON ({str(exc).splitlines()[0][:120]})", "re-run the recipe into this folder: its cached steps are kept") from None
+    if not isinstance(data, dict) or (path.name == "manifest.json" and not {"recipe_name", "steps", "order"} <= set(data)):
+        raise TailorfitError(f"'{path}' is damaged: it is not a tailorfit run record", "re-run the recipe into this folder: its cached steps are kept")
+    return data
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:

@@ -71,6 +71,8 @@ def run_pipeline(
     forced = pipe.downstream(set().union(*(pipe.steps_matching(f) for f in force))) if force else set()
     threads = parsed.threads or default_threads()
     pool = executor_from(executor or parsed.executor)  # a bad spec or an unreachable address fails here, before anything is written
+    _writable_folder(out, "the output folder (--out)")
+    _writable_folder(cache.root, "the cache folder (--cache, $TAILORFIT_CACHE)")
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / "manifest.json"
     _report_previous(manifest_path, log)
@@ -266,6 +268,18 @@ class _Run:
         self.manifest["error"] = {"step": step.sid, "message": str(exc) or type(exc).__name__}
         self.manifest["steps"][step.sid] = step.record
         write_json_atomic(self.manifest_path, self.manifest)
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    """Make ``folder`` if missing; refuse a file or a folder this process cannot write, before any step runs."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise TailorfitError(f"{what} '{folder}' is a file, or lies under one", "point it at a folder") from None
+    except PermissionError:
+        raise TailorfitError(f"{what} '{folder}' cannot be made here (permission denied)", "point it at a folder you can write") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TailorfitError(f"{what} '{folder}' is not writable", "point it at a folder you can write, or fix its permissions")
 
 
 def _report_previous(manifest_path: Path, log: logging.Logger) -> None:

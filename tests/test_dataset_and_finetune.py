@@ -48,6 +48,60 @@ def test_parquet_jsonl_and_saved_dataset_read_alike(tmp_path):
     assert splits[0] == splits[1] == splits[2]
 
 
+def test_data_as_spreadsheets_write_it_reads_as_meant(tmp_path):
+    """Excel's UTF-8 BOM, a semicolon-separated CSV (a European Excel's default), a JSON array file and labels written
+    as 0 / 0.0 / 1 / 1.0 all give the same rows and two classes, as the comma-separated UTF-8 original does."""
+    rows = make_sentences(100)
+    labels = {"pos": ["1", "1.0"], "neg": ["0", "0.0"]}
+    plain = "text,label\n" + "".join(f'"{r["text"]}",{labels[r["label"]][0]}\n' for r in rows)
+    variants = {
+        "plain.csv": plain.encode(),
+        "bom.csv": b"\xef\xbb\xbf" + plain.encode(),
+        "semicolon.csv": plain.replace(",", ";").encode(),
+        "mixed-numbers.csv": ("text,label\n" + "".join(f'"{r["text"]}",{labels[r["label"]][i % 2]}\n' for i, r in enumerate(rows))).encode(),
+        "array.json": json.dumps([{"text": r["text"], "label": int(labels[r["label"]][0])} for r in rows]).encode(),
+    }
+    splits = {}
+    for name, content in variants.items():
+        (tmp_path / name).write_bytes(content)
+        data = _dataset(tmp_path / name, tmp_path / name.replace(".", "-"))
+        assert data.label_names == ["0", "1"], name
+        splits[name] = [(r["id"], r["text"], r["label"]) for r in read_split(data, "test")]
+    assert all(split == splits["plain.csv"] for split in splits.values())
+
+
+def test_text_pairs_are_split_encoded_as_pairs_trained_and_evaluated(tiny_bert, tmp_path):
+    """Two text columns make a pair task (here: do two sentences share their sentiment?): rows keep both texts, the
+    tokenizer sees them as a pair (second segment marked in token_type_ids), and fine-tuning and evaluation run."""
+    import random
+
+    from tailorfit.pipeline.models.data import encode_rows
+    from tailorfit.pipeline.models.handles import HFModel
+    from tailorfit.pipeline.models.loading import load_preprocessor
+
+    rows = make_sentences(200)
+    partner = random.Random(0).sample(rows, len(rows))
+    pairs = [{"first": a["text"], "second": b["text"], "same": int(a["label"] == b["label"])} for a, b in zip(rows, partner)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    recipe = {"name": "pairs", "threads": 1, "steps": [
+        {"id": "model", "pass": "load", "config": {"path": str(tiny_bert)}},
+        {"id": "data", "pass": "dataset", "config": {"path": str(tmp_path / "pairs.jsonl"), "text_column": ["first", "second"], "label_column": "same"}},
+        {"id": "ft", "pass": "finetune", "config": {"max_steps": 3, "batch_size": 16, "max_length": 32}},
+        {"id": "ov", "pass": "lower", "config": {"target": "openvino-cpu"}},
+        {"id": "eval", "pass": "evaluate", "config": {"max_length": 32, "bootstrap": 100}},
+    ]}
+    result = run_pipeline(recipe, out=tmp_path / "out", quiet=True)
+    data = result.outputs["data"]
+    test = read_split(data, "test")
+    assert all(r["text_pair"] for r in test) and data.label_names == ["0", "1"]
+    enc = encode_rows(load_preprocessor(HFModel(path=tiny_bert, task="text-classification", family="bert", name="t")), test[:2], ["input_ids", "token_type_ids"], 32)
+    assert set(enc["token_type_ids"][0].tolist()) == {0, 1}  # the second text is the second segment
+    metrics = result.outputs["eval"].metrics
+    assert metrics["examples"] == len(test) and 0 <= metrics["accuracy"] <= 1
+    lengths = json.loads((result.outputs["ft"].path.parent / "train_log.json").read_text())["lengths"]  # what max_length cut, as pairs
+    assert lengths["rows"] == data.sizes["train"] and lengths["cut"] == 0 and 5 < lengths["token_length_percentiles"]["50"] <= lengths["token_length_percentiles"]["100"] <= 32
+
+
 def test_where_filter_and_max_rows(sentences_csv, tmp_path):
     data = _dataset(sentences_csv, tmp_path, where={"source": "synthetic"}, max_rows=100)
     assert sum(data.sizes.values()) == 100

@@ -20,12 +20,14 @@ def chunks(rows: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def encode_rows(preprocessor: Any, rows: list[dict[str, Any]], names: list[str], max_length: int, pad_to: int | None = None) -> dict[str, np.ndarray]:
-    """A batch for a classifier: tokenised text (padded to the longest row, or to ``pad_to``) or processed images."""
+    """A batch for a classifier: tokenised text or text pairs (padded to the longest row, or to ``pad_to``; a pair is
+    cut from its longer side first) or processed images."""
     if "image" in rows[0]:
         images = [_image(r["image"]) for r in rows]
         return {"pixel_values": preprocessor(images=images, return_tensors="np")["pixel_values"].astype(np.float32)}
+    pairs = [r["text_pair"] for r in rows] if "text_pair" in rows[0] else None
     enc = preprocessor(
-        [r["text"] for r in rows], padding="max_length" if pad_to else True, truncation=True,
+        [r["text"] for r in rows], pairs, padding="max_length" if pad_to else True, truncation="longest_first",
         max_length=pad_to or max_length, return_tensors="np",
     )
     return {n: enc[n].astype(np.int64) if n in enc else np.zeros_like(enc["input_ids"], dtype=np.int64) for n in names}

@@ -66,6 +66,16 @@ class TaskData:
         batch["labels"] = torch.as_tensor([r["label"] for r in rows])
         return batch
 
+    def length_report(self) -> dict[str, Any] | None:
+        """How the train split's texts fit ``max_length``: token-length percentiles and how many rows are cut (a pair
+        loses tokens from its longer side first). None for a causal LM, whose windows are cut to length by design."""
+        if "text" not in self.train[0]:
+            return None
+        pairs = [r["text_pair"] for r in self.train] if "text_pair" in self.train[0] else None
+        lengths = np.array([len(ids) for ids in self.preprocessor([r["text"] for r in self.train], pairs, truncation=False)["input_ids"]])
+        return {"max_length": self.max_length, "truncation": "longest_first", "rows": len(lengths), "cut": int((lengths > self.max_length).sum()),
+                "token_length_percentiles": {str(q): int(np.percentile(lengths, q)) for q in (50, 90, 99, 100)}}
+
     @property
     def higher_is_better(self) -> bool:
         return self.task != "causal-lm"
@@ -119,7 +129,10 @@ def train(
             epoch, offset = divmod(state["step"], steps_per_epoch)
             for batch_ids in _length_bucketed(data.train, config.batch_size, seed=ctx.seed * 1000 + epoch)[offset:]:
                 loss = step(data.batch([data.train[i] for i in batch_ids]), state["step"])
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
+                if not (math.isfinite(loss) and math.isfinite(norm)):  # one step more and every weight is NaN: fail, never cache it
+                    raise TailorfitError(f"{description}: the loss became {loss} (gradient norm {norm}) at step {state['step'] + 1}",
+                                         "lower learning_rate, or check the model's weights and the data")
                 opt.step()
                 sched.step()
                 opt.zero_grad()
