@@ -121,7 +121,8 @@ def test_embedded_default_recipe_is_valid():
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("recipes/*.yaml")), ids=lambda p: p.stem)
-def test_every_shipped_recipe_parses_and_wires(path):
+def test_every_shipped_recipe_parses_and_wires(path, made_data, monkeypatch):
+    monkeypatch.chdir(made_data)  # where a recipe's relative data paths point
     recipe, _ = load_recipe(path)
     pipe = Pipeline(recipe)
     assert pipe.order and all(node in pipe.order for node in pipe.nodes)
@@ -175,3 +176,31 @@ def test_what_the_recipe_and_model_config_decide_fails_before_anything_runs(tiny
     plain = [s for s in _searching(tiny_bert, sentences_csv) if s["pass"] not in ("supernet", "search", "select")]
     with pytest.raises(TailorfitError, match="comes from no select step"):
         build(plain)
+
+
+@pytest.fixture(scope="module")
+def made_data(tmp_path_factory) -> Path:
+    """A folder holding the data the shipped recipes' headers say to make first."""
+    folder = tmp_path_factory.mktemp("cwd")
+    load_sentiment_pairs().main(str(folder / "artifacts/data/rt-sentiment-pairs.jsonl"))
+    return folder
+
+
+def load_sentiment_pairs():
+    """recipes/sentiment_pairs.py, the script that makes minilm-sentiment-pairs.yaml's data (recipes/ is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sentiment_pairs", Path(__file__).resolve().parent.parent / "recipes" / "sentiment_pairs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sentiment_pairs_are_balanced_seeded_and_never_a_sentence_with_itself():
+    rows = [{"text": f"sentence {i}", "label": i % 2} for i in range(400)]
+    pairs = load_sentiment_pairs().sentiment_pairs(rows)
+    assert pairs == load_sentiment_pairs().sentiment_pairs(rows) and len(pairs) == 400
+    assert all(p["first"] != p["second"] for p in pairs)
+    labels = {int(r["text"].split()[1]) % 2 for r in rows}
+    assert labels == {0, 1} and 160 < sum(p["same"] == "same" for p in pairs) < 240
+    assert all((int(p["first"].split()[1]) % 2 == int(p["second"].split()[1]) % 2) == (p["same"] == "same") for p in pairs)
