@@ -1,6 +1,8 @@
 """load: a Hugging Face model from a local folder, a package (``pkg://``) or a hub id.
 
-Consumes: nothing. Produces: ``HFModel`` pointing at the model folder (not copied).
+Consumes: nothing. Produces: ``HFModel`` pointing at the model folder (not copied). Post-condition: the weights
+load as config.json describes them and hold only finite numbers, and a text model's folder carries its tokenizer's
+vocabulary (an image model's, its preprocessor config).
 """
 from __future__ import annotations
 
