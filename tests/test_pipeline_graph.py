@@ -182,25 +182,28 @@ def test_what_the_recipe_and_model_config_decide_fails_before_anything_runs(tiny
 def made_data(tmp_path_factory) -> Path:
     """A folder holding the data the shipped recipes' headers say to make first."""
     folder = tmp_path_factory.mktemp("cwd")
-    load_sentiment_pairs().main(str(folder / "artifacts/data/rt-sentiment-pairs.jsonl"))
+    load_sentence_pairs().main(str(folder / "artifacts/data/rt-sentence-pairs.jsonl"))
     return folder
 
 
-def load_sentiment_pairs():
-    """recipes/sentiment_pairs.py, the script that makes minilm-sentiment-pairs.yaml's data (recipes/ is no package)."""
+def load_sentence_pairs():
+    """recipes/sentence_pairs.py, the script that makes minilm-sentence-pairs.yaml's data (recipes/ is no package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("sentiment_pairs", Path(__file__).resolve().parent.parent / "recipes" / "sentiment_pairs.py")
+    spec = importlib.util.spec_from_file_location("sentence_pairs", Path(__file__).resolve().parent.parent / "recipes" / "sentence_pairs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_sentiment_pairs_are_balanced_seeded_and_never_a_sentence_with_itself():
-    rows = [{"text": f"sentence {i}", "label": i % 2} for i in range(400)]
-    pairs = load_sentiment_pairs().sentiment_pairs(rows)
-    assert pairs == load_sentiment_pairs().sentiment_pairs(rows) and len(pairs) == 400
-    assert all(p["first"] != p["second"] for p in pairs)
-    labels = {int(r["text"].split()[1]) % 2 for r in rows}
-    assert labels == {0, 1} and 160 < sum(p["same"] == "same" for p in pairs) < 240
-    assert all((int(p["first"].split()[1]) % 2 == int(p["second"].split()[1]) % 2) == (p["same"] == "same") for p in pairs)
+def test_sentence_pairs_are_balanced_seeded_rewordings_or_other_sentences_of_the_same_sentiment():
+    rows = [{"text": f"sentence number {i} of the test set", "label": i % 2} for i in range(400)]
+    pairs = load_sentence_pairs().sentence_pairs(rows)
+    assert pairs == load_sentence_pairs().sentence_pairs(rows) and len(pairs) == 400 and all(p["first"] != p["second"] for p in pairs)
+    assert 160 < sum(p["label"] == "paraphrase" for p in pairs) < 240
+    for p in pairs:
+        first, second = p["first"].split(), p["second"].split()
+        if p["label"] == "paraphrase":  # one word dropped, two neighbours swapped
+            assert len(second) == len(first) - 1 and sorted(second) != sorted(first) and set(second) <= set(first)
+        else:
+            assert int(first[2]) % 2 == int(second[2]) % 2  # another sentence, of the same sentiment
