@@ -152,7 +152,6 @@ def _label_order(name: str) -> tuple[int, Any]:
         return (1, name)
 
 
-
 def _check_rows(records: list[dict[str, Any]], columns: dict[str, str]) -> None:
     """Refuse rows a model would silently learn nothing from (empty texts) or learn wrong (blank labels become a
     class of their own). Rows are counted from 1, as a user finds them in the file."""

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tailorfit.pipeline.errors import TailorfitError
+from tailorfit.pipeline.locations import read_json_object
 from tailorfit.pipeline.run_status import effective_status
 
 
@@ -25,13 +26,11 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _json(path: Path) -> dict[str, Any]:
-    """A run file tailorfit wrote atomically; one that does not parse was edited or damaged since."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TailorfitError(f"'{path}' is damaged: not valid JSON ({str(exc).splitlines()[0][:120]})", "re-run the recipe into this folder: its cached steps are kept") from None
-    if not isinstance(data, dict) or (path.name == "manifest.json" and not {"recipe_name", "steps", "order"} <= set(data)):
-        raise TailorfitError(f"'{path}' is damaged: it is not a tailorfit run record", "re-run the recipe into this folder: its cached steps are kept")
+    """A run file tailorfit wrote atomically; one that does not parse, or lacks a manifest's keys, was damaged since."""
+    fix = "re-run the recipe into this folder: its cached steps are kept"
+    data = read_json_object(path, fix, unreadable="is damaged: not valid JSON")
+    if path.name == "manifest.json" and not {"recipe_name", "steps", "order"} <= set(data):
+        raise TailorfitError(f"'{path}' is damaged: it is not a tailorfit run record", fix)
     return data
 
 

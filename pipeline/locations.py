@@ -1,9 +1,12 @@
-"""Where inputs live: local paths, ``pkg://PACKAGE/relative/path`` files shipped inside installed packages, and content hashes."""
+"""Where inputs live: local paths, ``pkg://PACKAGE/relative/path`` files shipped inside installed packages, content
+hashes, and reading a JSON object from one of them."""
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
+from typing import Any
 
 from tailorfit.pipeline.errors import TailorfitError
 
@@ -34,3 +37,15 @@ def content_hash(path: Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:20]
+
+
+def read_json_object(path: Path, fix: str, unreadable: str = "is not valid JSON") -> dict[str, Any]:
+    """The JSON object in ``path``; a file that is not JSON (``unreadable`` says what that means for it), or holds
+    something else, is one line saying so and ``fix``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TailorfitError(f"'{path}' {unreadable} ({str(exc).splitlines()[0][:120]})", fix) from None
+    if not isinstance(data, dict):
+        raise TailorfitError(f"'{path}' holds a JSON {type(data).__name__}, not an object", fix)
+    return data

@@ -11,6 +11,7 @@ from torch import nn
 
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.families import family_by_name, family_for
+from tailorfit.pipeline.locations import read_json_object
 from tailorfit.pipeline.models.handles import HFModel
 
 TASKS = ("text-classification", "causal-lm", "image-classification")
@@ -21,13 +22,7 @@ def read_config(path: Path) -> dict[str, Any]:
     cfg = path / "config.json"
     if not cfg.is_file():
         raise TailorfitError(f"'{path}' has no config.json, so it is not a Hugging Face model folder", "point 'path' at the folder save_pretrained wrote")
-    try:
-        config = json.loads(cfg.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TailorfitError(f"'{cfg}' is not valid JSON ({str(exc).splitlines()[0][:120]})", "fix config.json, or re-save the model with save_pretrained") from None
-    if not isinstance(config, dict):
-        raise TailorfitError(f"'{cfg}' holds a {type(config).__name__}, not a JSON object", "fix config.json, or re-save the model with save_pretrained")
-    return config
+    return read_json_object(cfg, "fix config.json, or re-save the model with save_pretrained")
 
 
 def refuse_beyond_positions(config: dict[str, Any], length: int, model_name: str, setting: str) -> None:
