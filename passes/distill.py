@@ -6,11 +6,14 @@ folder with trained weights, ``distillation.json`` (the student's validation sco
 loss per step) and the same record on the handle, which the model card states. The loss mixes the task loss with
 the teacher's softened logits and, for a sub-network (its ``architecture.json`` says which teacher layers it kept),
 the teacher's hidden states at those layers (DynaBERT, Minitron). The best epoch is kept; checkpointed and resumable.
+A student of the teacher's own shape (a search's largest sub-network) takes the teacher's weights instead of training:
+they are what distilling it would approach, and training it would cost the most of any finalist.
 """
 from __future__ import annotations
 
 import json
 import shutil
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -51,6 +54,8 @@ class Distill(Pass):
         task = TaskData.load(tok, data, input_names(net, student), c.max_length)
         before = task.validation_score(net)
         out = ctx.work_dir / "model"
+        if _shapes(net) == _shapes(tutor):
+            return _take_teacher(ctx, net, tutor, student, teacher, task, before)
 
         def step(batch: dict[str, torch.Tensor], index: int) -> float:
             with torch.no_grad():
@@ -68,11 +73,30 @@ class Distill(Pass):
                 save_folder_atomic(lambda tmp: _save(net, student, tmp), out)
 
         state = train(ctx, net, task, c, step, end_of_epoch, f"distilling {student.name} from {teacher.name}")
-        measure = "accuracy" if task.higher_is_better else "loss"
-        record = {"teacher": teacher.name, "teacher_key": teacher.key, "steps": state["total"], "split": "validation", "measure": f"{measure} (PyTorch)",
-                  "before": before, "after": state["best"], "hidden_states": kept is not None, "validation": state.get("validation", [])}
+        record = _record(teacher, task, before, state["best"], steps=state["total"], hidden_states=kept is not None, validation=state.get("validation", []))
         (out / "distillation.json").write_text(json.dumps({**record, "loss": state["history"]}, indent=1))
         return student.model_copy(update={"path": out, "distillation": record})
+
+
+def _shapes(net: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in net.state_dict().items()}
+
+
+def _take_teacher(ctx: PassContext, net: torch.nn.Module, tutor: torch.nn.Module, student: HFModel, teacher: HFModel, task: TaskData,
+                  before: float) -> HFModel:
+    net.load_state_dict(tutor.state_dict())
+    out = ctx.work_dir / "model"
+    save_folder_atomic(lambda tmp: _save(net, student, tmp), out)
+    after = task.validation_score(net)
+    ctx.log.info("%s has %s's shape: it takes the teacher's weights (validation %.4f, before %.4f); nothing to train", student.name, teacher.name, after, before)
+    record = _record(teacher, task, before, after, steps=0, hidden_states=False, validation=[]) | {"took_teacher_weights": True}
+    (out / "distillation.json").write_text(json.dumps(record, indent=1))
+    return student.model_copy(update={"path": out, "distillation": record})
+
+
+def _record(teacher: HFModel, task: TaskData, before: float, after: float, **how: Any) -> dict[str, Any]:
+    measure = "accuracy" if task.higher_is_better else "loss"
+    return {"teacher": teacher.name, "teacher_key": teacher.key, "split": "validation", "measure": f"{measure} (PyTorch)", "before": before, "after": after, **how}
 
 
 def _check(student: HFModel, teacher: HFModel, data: Dataset) -> None:

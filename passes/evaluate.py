@@ -54,14 +54,17 @@ class Evaluate(Pass):
         return model.model_copy(update={"metrics": {**model.metrics, **metrics}, "reports": {**model.reports, "predictions": path}})
 
     def _accuracy(self, run, tok, rows, model: Lowered, ctx: PassContext):
-        records = []
+        by_row: dict[int, dict] = {}
+        # batches of rows of similar length: padding to a batch's longest row is most of the work on short texts
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].get("text", "")) + len(rows[i].get("text_pair", "")))
         with ctx.progress(f"evaluating {model.candidate} on {model.target}", len(rows)) as bar:
-            for part in chunks(rows, self.config.batch_size):
-                logits = run(encode_rows(tok, part, model.inputs, self.config.max_length))
-                for r, lg in zip(part, logits):
-                    pred = int(np.argmax(lg))
-                    records.append({"id": r["id"], "label": r["label"], "prediction": pred, "correct": int(pred == r["label"])})
+            for part in chunks(order, self.config.batch_size):
+                logits = run(encode_rows(tok, [rows[i] for i in part], model.inputs, self.config.max_length))
+                for i, lg in zip(part, logits):
+                    pred, r = int(np.argmax(lg)), rows[i]
+                    by_row[i] = {"id": r["id"], "label": r["label"], "prediction": pred, "correct": int(pred == r["label"])}
                 bar.advance(len(part))
+        records = [by_row[i] for i in range(len(rows))]  # in the split's order: paired comparisons match rows by position
         correct = np.array([r["correct"] for r in records], dtype=float)
         low, high = bootstrap_ci(correct, resamples=self.config.bootstrap, seed=ctx.seed)
         return {"accuracy": float(correct.mean()), "accuracy_ci95": [low, high], "examples": len(records), "split": self.config.split}, records

@@ -130,7 +130,7 @@ class Search(Pass):
         evaluator = CandidateEvaluator(ctx, supernet, data, c)
         try:
             baselines = self._baselines(genome, store, evaluator, ctx)
-            estimates = self._latency_estimates(genome, evaluator) if c.latency_table else {}
+            estimates = self._latency_estimates(genome, evaluator, store) if c.latency_table else {}
             problem = IntegerProblem(*genome.bounds(), n_obj=len(c.objectives), n_constr=len(_constraints(c)), canonical=genome.canonical,
                                      sample=lambda rng, k: genome.sample(rng, k, c.near_largest), estimates=estimates)
             settings = SearchSettings(**c.model_dump(include=set(SearchSettings.model_fields)) | {"seed": ctx.seed if c.seed is None else c.seed})
@@ -161,7 +161,7 @@ class Search(Pass):
         with ctx.progress(f"measuring the unpruned baselines on {self.config.target}", len(genomes)) as bar:
             return dict(zip(precisions, evaluator.measured(genome, store, genomes, "baseline", bar)))
 
-    def _latency_estimates(self, genome: Genome, evaluator: "CandidateEvaluator") -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    def _latency_estimates(self, genome: Genome, evaluator: "CandidateEvaluator", store: EvaluationStore) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         """The latency table's estimate of each column that is a latency: the ratio objective, the max_latency_ms constraint."""
         c = self.config
         columns = {f"f{c.objectives.index('latency')}": "ratio"} if "latency" in c.objectives else {}
@@ -169,7 +169,7 @@ class Search(Pass):
             columns[f"g{_constraints(c).index('max_latency_ms')}"] = "ms"
         if not columns:
             return {}
-        table = evaluator.latency_table(genome)
+        table = evaluator.latency_table(genome, store)
         full = table.full_ms(genome.space)
 
         @functools.lru_cache(maxsize=None)  # the inner loop asks for the same genomes generation after generation
@@ -218,12 +218,17 @@ class CandidateEvaluator:
         reference = Lowered.model_validate_json((folder / "lowered.json").read_text()).relocate(self.ctx.work_dir / "reference.partial", folder)
         return {"reference": reference, "reference_folder": self.ctx.executor.share(folder), "settings": self.settings}
 
-    def latency_table(self, genome: Genome) -> LatencyTable:
-        """Timed once per search on the target (``search_tasks.time_latency_table``) and kept in the step's folder, so a
-        resumed search reads it back instead of timing it again."""
+    def latency_table(self, genome: Genome, store: EvaluationStore) -> LatencyTable:
+        """Timed once on the target (``search_tasks.time_latency_table``), kept in the step's folder and attached to the
+        store: a resumed search, and every search sharing the store (a bench's algorithms), reads it back."""
         c, path = self.config, self.ctx.work_dir / "latency_table.json"
         if path.is_file():  # the step's folder is keyed by everything the timings depend on
             return LatencyTable.model_validate_json(path.read_text())
+        if (stored := store.attachment("latency_table")) is not None:  # the store's own record covers what the table depends on
+            table = LatencyTable.model_validate(stored)
+            write_json_atomic(path, stored)
+            self.ctx.log.info("latency table: %d blocks read from the store %s (timed by an earlier search)", len(table.entries), store.path)
+            return table
         measured = {"supernet": str(self.supernet.key), "target": c.target, "sequence_length": c.sequence_length, "threads": self.ctx.threads}
         space, family = genome.space, family_by_name(self.supernet.source.family)
         shapes = BlockShapes(hidden=space.hidden_size, head_dim=space.head_dim, group_size=space.group_size, qkv_linears=len(family.groups["qkv"]),
@@ -236,6 +241,7 @@ class CandidateEvaluator:
             self.ctx.log.warning("latency table: the runtime does not run %d blocks in the precisions asked, e.g. %s %d: %s for %s",
                                  len(off), off[0].block, off[0].width, off[0].runtime_precisions, off[0].precisions)
         write_json_atomic(path, table.model_dump(mode="json"))
+        store.attach("latency_table", table.model_dump(mode="json"))
         self.ctx.log.info("latency table: %d blocks timed in %.0f s; unpruned FP32 %.2f ms, of which %.2f ms outside the layers",
                           len(specs), table.seconds, table.reference_ms, table.fixed_ms)
         return table

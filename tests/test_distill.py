@@ -5,8 +5,10 @@ import json
 import sqlite3
 
 import pytest
+import torch
 
 from tailorfit.pipeline import TailorfitError, run_pipeline
+from tailorfit.pipeline.models.loading import load_torch_model
 from test_search import _search_recipe
 
 TINY = {"max_length": 24, "batch_size": 16}
@@ -30,6 +32,27 @@ def test_a_distilled_subnetwork_recovers_accuracy_its_teacher_has(tiny_bert, sen
     assert result.outputs["distilled"].distillation["after"] == record["after"]
     # the runtime agrees with PyTorch on the distilled weights (same validation rows)
     assert result.outputs["ov-eval"].metrics["accuracy"] == pytest.approx(record["after"], abs=0.02)
+
+
+def test_a_student_of_the_teachers_shape_takes_its_weights_instead_of_training(tiny_bert, sentences_csv, tmp_path):
+    recipe = {"name": "same-shape", "seed": 0, "threads": 2, "steps": [
+        {"id": "model", "pass": "load", "config": {"path": str(tiny_bert), "task": "text-classification", "name": "tiny"}},
+        {"id": "data", "pass": "dataset", "config": {"path": str(sentences_csv)}},
+        {"id": "ft", "pass": "finetune", "config": {"max_steps": 30, "learning_rate": 3e-3, **TINY}},
+        {"id": "super", "pass": "supernet", "config": {"ffn_step": 16, "min_layers": 1}},
+        {"id": "largest", "pass": "extract", "config": {"subnet": "largest"}},
+        {"id": "small", "pass": "extract", "inputs": {"supernet": "super"}, "config": {"subnet": "smallest"}},
+        {"id": "kd-largest", "pass": "distill", "inputs": {"student": "largest", "teacher": "ft"}, "config": {"max_steps": 5, **TINY}},
+        {"id": "kd-small", "pass": "distill", "inputs": {"student": "small", "teacher": "ft"}, "config": {"max_steps": 5, **TINY}},
+    ]}
+    result = run_pipeline(recipe, out=tmp_path, quiet=True)
+    record = result.outputs["kd-largest"].distillation
+    assert record["steps"] == 0 and record["took_teacher_weights"], record
+    student, teacher = (load_torch_model(result.outputs[k]).state_dict() for k in ("kd-largest", "ft"))
+    assert student.keys() == teacher.keys() and all(torch.equal(student[k], teacher[k]) for k in student)
+    assert (result.outputs["kd-largest"].path / "architecture.json").is_file()  # still the sub-network the search picked
+    # a smaller student is trained as before
+    assert result.outputs["kd-small"].distillation["steps"] == 5 and "took_teacher_weights" not in result.outputs["kd-small"].distillation
 
 
 def test_distill_refuses_a_student_that_is_its_own_teacher(tiny_bert, sentences_csv, tmp_path):

@@ -4,7 +4,8 @@ One row per candidate (canonical genome, decoded sub-network and policy, every m
 one at a time, so a run killed at any moment loses at most the candidate in flight. The store records the
 genome layout it was written for and what its measurements are of (the super-network, the data, the target and
 the settings that change a measurement); opening it with another layout or for other measurements is refused
-rather than mixing spaces or answering a search with another model's numbers.
+rather than mixing spaces or answering a search with another model's numbers. What else was measured under the
+same conditions (the search's latency table) is attached to it, so searches sharing a store time it once.
 """
 from __future__ import annotations
 
@@ -60,6 +61,15 @@ class EvaluationStore:
     def _refuse(self, why: str, fix: str) -> None:
         self._db.close()
         raise TailorfitError(f"the evaluation store {self.path} {why}", fix)
+
+    def attachment(self, name: str) -> Any | None:
+        """A JSON value stored beside the candidates under ``name`` (None: none), measured like them."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"attachment:{name}",)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def attach(self, name: str, value: Any) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"attachment:{name}", json.dumps(value)))
 
     def get(self, candidate_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT * FROM candidates WHERE id = ?", (candidate_id,)).fetchone()
