@@ -6,8 +6,9 @@ folder with trained weights, ``distillation.json`` (the student's validation sco
 loss per step) and the same record on the handle, which the model card states. The loss mixes the task loss with
 the teacher's softened logits and, for a sub-network (its ``architecture.json`` says which teacher layers it kept),
 the teacher's hidden states at those layers (DynaBERT, Minitron). The best epoch is kept; checkpointed and resumable.
-A student of the teacher's own shape (a search's largest sub-network) takes the teacher's weights instead of training:
-they are what distilling it would approach, and training it would cost the most of any finalist.
+A student of the teacher's own shape (a search's largest sub-network) is not trained: distilling it would approach the
+teacher's weights, at the highest cost of any finalist; it keeps whichever of its own and the teacher's weights
+validate better.
 """
 from __future__ import annotations
 
@@ -22,8 +23,7 @@ from tailorfit.pipeline.contract import Facts, Pass, PassContext, PortFacts
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.models.distillation import student_loss
 from tailorfit.pipeline.models.handles import Dataset, HFModel
-from tailorfit.pipeline.families import family_by_name
-from tailorfit.pipeline.models.loading import ARCHITECTURE, input_names, load_preprocessor, load_torch_model, read_config
+from tailorfit.pipeline.models.loading import ARCHITECTURE, family_of, input_names, load_preprocessor, load_torch_model, read_config
 from tailorfit.pipeline.models.training import TaskData, TrainingConfig, save_folder_atomic, train
 from tailorfit.pipeline.supernet.space import SubnetConfig
 
@@ -55,7 +55,7 @@ class Distill(Pass):
         before = task.validation_score(net)
         out = ctx.work_dir / "model"
         if _shapes(net) == _shapes(tutor):
-            return _take_teacher(ctx, net, tutor, student, teacher, task, before)
+            return _same_shape(ctx, net, tutor, student, teacher, task, before)
 
         def step(batch: dict[str, torch.Tensor], index: int) -> float:
             with torch.no_grad():
@@ -82,14 +82,20 @@ def _shapes(net: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in net.state_dict().items()}
 
 
-def _take_teacher(ctx: PassContext, net: torch.nn.Module, tutor: torch.nn.Module, student: HFModel, teacher: HFModel, task: TaskData,
-                  before: float) -> HFModel:
-    net.load_state_dict(tutor.state_dict())
+def _same_shape(ctx: PassContext, net: torch.nn.Module, tutor: torch.nn.Module, student: HFModel, teacher: HFModel, task: TaskData,
+                before: float) -> HFModel:
+    """Of the student's weights and the teacher's (same shape), the ones that validate better; no training. The
+    student can be the better one: a search's largest sub-network has had the sandwich epoch on top of the teacher's."""
+    teachers = task.validation_score(tutor)
+    took = teachers > before if task.higher_is_better else teachers < before
+    if took:
+        net.load_state_dict(tutor.state_dict())
     out = ctx.work_dir / "model"
     save_folder_atomic(lambda tmp: _save(net, student, tmp), out)
-    after = task.validation_score(net)
-    ctx.log.info("%s has %s's shape: it takes the teacher's weights (validation %.4f, before %.4f); nothing to train", student.name, teacher.name, after, before)
-    record = _record(teacher, task, before, after, steps=0, hidden_states=False, validation=[]) | {"took_teacher_weights": True}
+    ctx.log.info("%s has %s's shape: nothing to train; it keeps %s weights (validation: its own %.4f, the teacher's %.4f)",
+                 student.name, teacher.name, "the teacher's" if took else "its own", before, teachers)
+    record = _record(teacher, task, before, max(before, teachers) if task.higher_is_better else min(before, teachers), steps=0, hidden_states=False,
+                     validation=[]) | {"same_shape_as_teacher": True, "teacher_score": teachers, "took_teacher_weights": took}
     (out / "distillation.json").write_text(json.dumps(record, indent=1))
     return student.model_copy(update={"path": out, "distillation": record})
 
@@ -110,10 +116,12 @@ def _check(student: HFModel, teacher: HFModel, data: Dataset) -> None:
 
 def _kept_layers(student: HFModel, teacher: HFModel) -> list[int] | None:
     """The teacher layers whose hidden states the student's layers match: those a sub-network kept, or all of them when
-    the two are as deep; None (logits only) otherwise."""
+    the two are as deep; None (logits only) otherwise, or when no family module describes them."""
     if (student.path / ARCHITECTURE).is_file():
         return SubnetConfig.model_validate(json.loads((student.path / ARCHITECTURE).read_text())["subnet"]).kept()
-    student_dims, teacher_dims = (family_by_name(m.family).dims(read_config(m.path)) for m in (student, teacher))
+    if student.family is None or teacher.family is None:  # no family module to say where the layers are
+        return None
+    student_dims, teacher_dims = (family_of(m).dims(read_config(m.path)) for m in (student, teacher))
     same = student_dims["num_layers"] == teacher_dims["num_layers"] and student_dims["hidden_size"] == teacher_dims["hidden_size"]
     return list(range(student_dims["num_layers"])) if same else None
 
