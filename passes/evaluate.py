@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import Field
@@ -16,7 +16,7 @@ from pydantic import Field
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
 from tailorfit.pipeline.models.data import chunks, encode_rows, lm_batch, lm_windows, read_split
 from tailorfit.pipeline.models.handles import Dataset, Lowered
-from tailorfit.pipeline.models.loading import load_preprocessor
+from tailorfit.pipeline.models.loading import load_preprocessor, read_config, refuse_beyond_positions
 from tailorfit.pipeline.search.stats import bootstrap_ci
 from tailorfit.targets import get_target
 
@@ -43,23 +43,32 @@ class Evaluate(Pass):
         tok = load_preprocessor(model.source)
         rows = read_split(data, self.config.split)
         path = ctx.work_dir / "predictions.jsonl"
+        config = read_config(model.source.path)
+
+        def fits(width: int) -> None:  # past the position table a runtime reads garbage or fails with an index error
+            refuse_beyond_positions(config, width, model.candidate, "max_length")
+
         if data.task == "causal-lm":
+            fits(self.config.max_length)
             metrics, records = self._perplexity(run, tok, rows, ctx)
         else:
-            metrics, records = self._accuracy(run, tok, rows, model, ctx)
+            metrics, records = self._accuracy(run, tok, rows, model, ctx, fits)
         with open(path, "w") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
         ctx.log.info("%s %s on %s: %s", model.candidate, model.target, self.config.split, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
         return model.model_copy(update={"metrics": {**model.metrics, **metrics}, "reports": {**model.reports, "predictions": path}})
 
-    def _accuracy(self, run, tok, rows, model: Lowered, ctx: PassContext):
+    def _accuracy(self, run, tok, rows, model: Lowered, ctx: PassContext, fits: Callable[[int], None]):
         by_row: dict[int, dict] = {}
         # batches of rows of similar length: padding to a batch's longest row is most of the work on short texts
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].get("text", "")) + len(rows[i].get("text_pair", "")))
         with ctx.progress(f"evaluating {model.candidate} on {model.target}", len(rows)) as bar:
             for part in chunks(order, self.config.batch_size):
-                logits = run(encode_rows(tok, [rows[i] for i in part], model.inputs, self.config.max_length))
+                batch = encode_rows(tok, [rows[i] for i in part], model.inputs, self.config.max_length)
+                if "input_ids" in batch:
+                    fits(batch["input_ids"].shape[1])
+                logits = run(batch)
                 for i, lg in zip(part, logits):
                     pred, r = int(np.argmax(lg)), rows[i]
                     by_row[i] = {"id": r["id"], "label": r["label"], "prediction": pred, "correct": int(pred == r["label"])}

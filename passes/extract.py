@@ -17,9 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.supernet.cost import CostModel
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.models.handles import HFModel, SuperNet
-from tailorfit.pipeline.models.loading import ARCHITECTURE, ExportWrapper, example_inputs, input_names, load_preprocessor
+from tailorfit.pipeline.models.loading import ARCHITECTURE, ExportWrapper, example_inputs, family_of, input_names, load_preprocessor
 from tailorfit.pipeline.supernet.space import LayerChoice, SearchSpace, SubnetConfig, subnet_id
 
 from .supernet import load_supernet
@@ -111,11 +110,12 @@ def _plain_config(base: dict[str, Any], subnet: SubnetConfig, supernet: SuperNet
     if len({(c.heads, c.ffn) for c in kept}) != 1 or kept[0].ffn == 0:
         return None
     heads, ffn = kept[0].heads, kept[0].ffn
-    space, keys = supernet.space, family_by_name(supernet.source.family).config_keys
+    space, keys = supernet.space, family_of(supernet.source).config_keys
     plain = {**base, keys.layers: len(kept), keys.ffn: ffn}
     if heads != space.num_heads:
         if keys.head_dim is None or keys.kv_heads is None:  # the class derives the head size from hidden / heads
             return None
         plain.update({keys.heads: heads, keys.kv_heads: heads // space.group_size, keys.head_dim: space.head_dim})
-    plain.pop("layer_types", None)  # per-layer lists would keep the old depth
+    if isinstance(base.get("layer_types"), list):  # per-layer attention kinds (sliding or full) of the kept layers
+        plain["layer_types"] = [base["layer_types"][i] for i in subnet.kept()]
     return plain

@@ -9,13 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import Field
 
 from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.models.handles import HFModel, Task
 from tailorfit.pipeline.locations import PKG_SCHEME, content_hash, resolve_location
-from tailorfit.pipeline.models.loading import auto_class, load_torch_model, model_facts, read_config
+from tailorfit.pipeline.models.loading import ARCHITECTURE, ExportWrapper, auto_class, example_inputs, family_of, input_names, load_torch_model, model_facts, read_config
+from tailorfit.pipeline.supernet.elastic import ElasticModel
+from tailorfit.pipeline.supernet.space import space_over
 
 
 GGUF_CONVERSION = 2  # 2: tokenizer saved from its backend (1 reloaded with the wrong pre-tokenizer)
@@ -91,22 +94,32 @@ class Load(Pass):
     def run(self, ctx: PassContext) -> HFModel:
         facts = model_facts(self.folder(), self.config.task, self._config())
         config = self._config()
-        ctx.log.info("%s: %s model, %d layers", self.folder(), facts["family"], facts["num_layers"])
+        if facts["family"] is None:
+            ctx.log.info("%s: a %s model; no family module describes it, so it runs whole (fine-tune, lower, quantize, measure); "
+                         "super-networks and per-layer policies need one. %s", self.folder(), facts["model_type"], facts["family_refused"])
+        elif facts.get("family_spec"):
+            spec = facts["family_spec"]
+            ctx.log.info("%s: no family module describes %s; found by its structure: %d layers in %s, groups %s, attention %s",
+                         self.folder(), facts["model_type"], facts["num_layers"], spec["layers"], spec["groups"], spec["attention"] or "(the layer)")
+        else:
+            ctx.log.info("%s: %s model, %d layers", self.folder(), facts["family"], facts["num_layers"])
         path, notes = self.folder(), []
+        if facts["family"] is None:
+            notes = [f"No tailorfit family module describes the {facts['model_type']} architecture: it was lowered and quantized whole, "
+                     "without super-network search or per-layer precision policies."]
         if self.config.gguf_file:
             path = self._convert_gguf(ctx)
-            notes = [f"Its FP32 weights are dequantised from the quantized GGUF file {self.config.gguf_file}, not original full-precision weights."]
+            notes += [f"Its FP32 weights are dequantised from the quantized GGUF file {self.config.gguf_file}, not original full-precision weights."]
         model = HFModel(
-            path=path, task=self.config.task, family=facts["family"], notes=notes,
+            path=path, task=self.config.task, family=facts["family"], family_spec=facts.get("family_spec"), notes=notes,
             name=self.config.name or self.folder().name, num_labels=config.get("num_labels") if config.get("id2label") else None,
         )
-        _check_weights(model)
+        net = _check_weights(model)
         _check_preprocessor(model, gguf=bool(self.config.gguf_file))
-        return model
+        return _check_found_family(ctx, model, net) if model.family_spec else model
 
     def _convert_gguf(self, ctx: PassContext) -> Path:
         """A plain model folder from a GGUF file: transformers dequantises on load but cannot save that object."""
-        import torch
         from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
         cls = auto_class(self.config.task)
@@ -134,20 +147,56 @@ class Load(Pass):
 _VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
-def _check_weights(model: HFModel) -> None:
-    """The weights load as config.json describes them and hold only finite numbers: a corrupt file fails here, in one
-    line, instead of fine-tuning to a NaN loss or failing in a later step with the loader's own exception."""
-    import torch
-
+def _check_weights(model: HFModel) -> torch.nn.Module:
+    """The weights load as config.json describes them, fill most of the model it describes, and hold only finite
+    numbers: a corrupt or foreign file fails here, in one line, instead of fine-tuning to a NaN loss, training a model
+    that is mostly random, or failing in a later step with the loader's own exception."""
     try:
-        net = load_torch_model(model)
+        if (model.path / ARCHITECTURE).is_file():  # a sub-network tailorfit extracted: its own loader
+            net, missing = load_torch_model(model), []
+        else:
+            net, info = auto_class(model.task).from_pretrained(model.path, dtype=torch.float32, output_loading_info=True)
+            missing = info["missing_keys"]
     except Exception as exc:  # missing, truncated or mis-shaped weights all mean the same to a user
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise TailorfitError(f"the weights in '{model.path}' do not load ({type(exc).__name__}: {first})",
                              "re-save the model with save_pretrained, and check that config.json matches the weights") from None
+    total = len(net.state_dict())
+    if len(missing) > total / 2:  # a task head is a few tensors; most of a model missing means the weights are another model's
+        raise TailorfitError(f"the weights in '{model.path}' fill only {total - len(missing)} of the {total} tensors of the "
+                             f"{read_config(model.path).get('model_type')} model config.json describes", "point 'path' at the folder these weights were saved with, or fix config.json")
     bad = [name for name, t in net.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise TailorfitError(f"{len(bad)} weight tensors in '{model.path}' hold NaN or infinite values (first: {bad[0]})", "re-export the model: these weights are corrupt")
+    return net.eval()
+
+
+def _check_found_family(ctx: PassContext, model: HFModel, net: torch.nn.Module) -> HFModel:
+    """A family found by structure is used only if, on the real weights (``net``, changed in place), the model stays
+    the same function once made elastic and its smallest sub-network runs; otherwise the model runs whole, and the
+    log and its cards say why."""
+    family = family_of(model)
+    names = input_names(net, model)
+    wrapper, example = ExportWrapper(net, names).eval(), example_inputs(model, net, names)
+    space = space_over(family.dims(read_config(model.path)), ffn_step=8, min_layers=1)
+    try:
+        with torch.inference_mode():
+            full = wrapper(*example)
+            elastic = ElasticModel(net, family, space)
+            same = wrapper(*example)
+            elastic.activate(space.smallest())
+            small = wrapper(*example)
+        if not torch.allclose(same, full, atol=1e-5):
+            raise ValueError(f"made elastic, its outputs moved by {float((same - full).abs().max()):.2e}")
+        if small.shape != full.shape or not bool(torch.isfinite(small).all()):
+            raise ValueError(f"its smallest sub-network gives {tuple(small.shape)} outputs{'' if torch.isfinite(small).all() else ' with NaN'}")
+    except Exception as exc:  # any failure means the reading of the structure is wrong somewhere
+        why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        ctx.log.warning("the structure found for %s does not hold on its weights (%s): it runs whole, without super-networks or per-layer policies", model.name, why)
+        note = f"The structure tailorfit found for this architecture did not hold on its weights ({why}): it was lowered and quantized whole."
+        return model.model_copy(update={"family": None, "family_spec": None, "notes": [*model.notes, note]})
+    ctx.log.info("the structure found holds: made elastic the model is unchanged, and its smallest sub-network runs")
+    return model
 
 
 def _check_preprocessor(model: HFModel, gguf: bool) -> None:

@@ -14,10 +14,10 @@ from pydantic import Field, field_validator
 
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.families import ModelFamily, family_by_name
+from tailorfit.pipeline.families import ModelFamily
 from tailorfit.pipeline.host import has_native, host_info
 from tailorfit.pipeline.models.handles import HFModel, Lowered
-from tailorfit.pipeline.models.loading import export_ready
+from tailorfit.pipeline.models.loading import export_ready, family_of
 from tailorfit.targets import TARGETS, get_target
 from tailorfit.targets.base import read_linear_map, write_linear_map
 
@@ -69,8 +69,8 @@ class Lower(Pass):
         except TailorfitError:
             raise
         except Exception as exc:
-            raise TailorfitError(f"{target.name} could not lower this {model.family} model: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", "try the other target, or run with --debug for details") from exc
-        _keep_policy_nodes(files, net, family_by_name(model.family))
+            raise TailorfitError(f"{target.name} could not lower this {model.family + ' ' if model.family else ''}model: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", "try the other target, or run with --debug for details") from exc
+        _keep_policy_nodes(files, net, family_of(model) if model.family else None)
         with torch.inference_mode():
             expected = wrapper(*example).numpy()
         got = target.session(files, ctx.threads, precision)({n: t.numpy() for n, t in zip(names, example)})
@@ -86,8 +86,9 @@ class Lower(Pass):
         )
 
 
-def _keep_policy_nodes(files: list, net: torch.nn.Module, family: ModelFamily) -> None:
-    """Narrow the target's node map to what a precision policy controls: linear layers and attention products.
+def _keep_policy_nodes(files: list, net: torch.nn.Module, family: ModelFamily | None) -> None:
+    """Narrow the target's node map to what a precision policy controls: linear layers and attention products (where
+    a family says which those are; without one, the linears only).
 
     Other matrix products (rotary embeddings, for instance) are left to the quantizer's defaults.
     """
@@ -96,7 +97,7 @@ def _keep_policy_nodes(files: list, net: torch.nn.Module, family: ModelFamily) -
     modules = dict(net.named_modules())
 
     def controlled(module: str) -> bool:
-        where = family.classify(module)
+        where = family.classify(module) if family else None
         return isinstance(modules.get(module), (torch.nn.Linear, Conv1D)) or (where is not None and not where[2])
 
     write_linear_map(files[0].parent, {node: module for node, module in read_linear_map(files).items() if controlled(module)})

@@ -20,10 +20,9 @@ from pydantic import Field, field_validator
 from tailorfit.pipeline.contract import Pass, PassConfig, PassContext, PortFacts
 from tailorfit.pipeline.models.data import encode_rows, lm_batch, lm_windows, read_split
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.host import lacks_native
 from tailorfit.pipeline.models.handles import Dataset, Lowered
-from tailorfit.pipeline.models.loading import export_ready, layer_count, load_preprocessor
+from tailorfit.pipeline.models.loading import export_ready, family_of, layer_count, load_preprocessor, read_config, refuse_beyond_positions
 from tailorfit.pipeline.models.policy import HEAD, QuantizationPolicy, policy_label
 from tailorfit.targets import get_target
 from tailorfit.targets.base import read_linear_map
@@ -62,8 +61,11 @@ class Quantize(Pass):
             raise TailorfitError("policy 'selected' quantizes a model a search picked, but this one comes from no select step",
                                  "feed this quantize step from a select step's branch, or give a policy such as int8")
         layers = inputs["model"].get("num_layers")
-        if layers is not None and self.config.policy != "selected":
-            self._resolve(self.config.policy, layers)
+        if self.config.policy != "selected":
+            if "family" in inputs["model"] and inputs["model"]["family"] is None:
+                _refuse_layer_wise(self.config.policy)
+            if layers is not None:
+                self._resolve(self.config.policy, layers)
 
     def _resolve(self, policy: QuantizationPolicy, layers: int) -> dict[str, str]:
         resolved = policy.resolve(layers)
@@ -76,8 +78,12 @@ class Quantize(Pass):
     def run(self, ctx: PassContext, model: Lowered, data: Dataset) -> Lowered:
         if model.precision != "fp32":
             raise TailorfitError(f"quantize needs an FP32 lowered model, got a {model.precision} one", "feed quantize from a lower step")
-        layers = layer_count(model.source.path)
+        family = family_of(model.source) if model.source.family else None
+        layers = layer_count(model.source.path, family)
         policy = self.config.policy
+        if layers is None:  # no family module: every linear counts as outside the layers, under the whole-model precision
+            _refuse_layer_wise(policy)
+            layers = 0
         if policy == "selected":
             if model.source.selection is None:
                 raise TailorfitError(f"quantize was asked for the selected policy, but {model.source.name} was not picked by a search", "feed it from a select step, or give a policy")
@@ -86,11 +92,10 @@ class Quantize(Pass):
                 ctx.log.info("the selected candidate runs in FP32: nothing to quantize")
                 return model
         target = get_target(model.target)
-        family = family_by_name(model.source.family)
         resolved = self._resolve(policy, layers)
         expected = {}
         for node, module in read_linear_map(model.files).items():
-            where = family.classify(module)
+            where = family.classify(module) if family else None
             key = HEAD if where is None else f"{where[0]}.{where[1]}"
             expected[node] = (resolved[key], where is None or where[2])
         out = ctx.work_dir / target.folder
@@ -126,10 +131,14 @@ class Quantize(Pass):
         tok = load_preprocessor(model.source)
         rows = read_split(data, "train")
         if data.task == "causal-lm":
+            refuse_beyond_positions(read_config(model.source.path), self.config.max_length, model.candidate, "max_length")
             windows = lm_windows(tok, rows, self.config.max_length, self.config.calibration_samples)
             return [lm_batch(w[None]) for w in windows]
         rows = random.Random(seed).sample(rows, min(self.config.calibration_samples, len(rows)))
-        return [encode_rows(tok, [r], model.inputs, self.config.max_length) for r in rows]
+        batches = [encode_rows(tok, [r], model.inputs, self.config.max_length) for r in rows]
+        longest = max((b["input_ids"].shape[1] for b in batches if "input_ids" in b), default=0)
+        refuse_beyond_positions(read_config(model.source.path), longest, model.candidate, "max_length")
+        return batches
 
     @staticmethod
     def _verify(actual: dict[str, str | None], expected: dict[str, tuple[str, bool]], exact: bool) -> dict[str, Any]:
@@ -159,3 +168,9 @@ class Quantize(Pass):
             "nodes": rows,
         }
 
+
+def _refuse_layer_wise(policy: QuantizationPolicy | str) -> None:
+    """A model no family module describes has no known layers or linear groups: only a whole-model precision applies."""
+    if policy == "selected" or policy.layers or policy.head not in (None, policy.default):
+        raise TailorfitError("a per-layer precision policy needs to know the model's layers and linear groups, and no family module describes this architecture",
+                             "give a whole-model policy (int8, or weight-only int8/int4), or add a module in pipeline/families/")

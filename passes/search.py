@@ -39,7 +39,7 @@ from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.search.store import EvaluationStore
 from tailorfit.pipeline.search.genome import Candidate, Genome
 from tailorfit.pipeline.search.latency_table import BlockShapes, LatencyTable, build_table, table_specs
-from tailorfit.pipeline.families import family_by_name
+from tailorfit.pipeline.models.loading import family_of
 from tailorfit.pipeline.host import lacks_native
 from tailorfit.pipeline.models.handles import Dataset, Lowered, SearchResult, SuperNet
 from tailorfit.pipeline.models.policy import QuantizationPolicy
@@ -230,7 +230,7 @@ class CandidateEvaluator:
             self.ctx.log.info("latency table: %d blocks read from the store %s (timed by an earlier search)", len(table.entries), store.path)
             return table
         measured = {"supernet": str(self.supernet.key), "target": c.target, "sequence_length": c.sequence_length, "threads": self.ctx.threads}
-        space, family = genome.space, family_by_name(self.supernet.source.family)
+        space, family = genome.space, family_of(self.supernet.source)
         shapes = BlockShapes(hidden=space.hidden_size, head_dim=space.head_dim, group_size=space.group_size, qkv_linears=len(family.groups["qkv"]),
                              up_linears=len(family.groups["ffn_up"]), sequence_length=c.sequence_length)
         specs = table_specs(space, genome.precisions)

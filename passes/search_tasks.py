@@ -30,11 +30,10 @@ from tailorfit.pipeline.models.data import chunks, encode_rows, read_split
 from tailorfit.pipeline.executor import Shipped
 from tailorfit.pipeline.scratch import scratch_dir
 from tailorfit.pipeline.search.fake_quant import simulated_policy
-from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.search.genome import Candidate
 from tailorfit.pipeline.search.latency_table import GROUPS, BlockShapes, BlockSpec, TimedBlocks
 from tailorfit.pipeline.models.handles import Dataset, HFModel, Lowered, SuperNet
-from tailorfit.pipeline.models.loading import ARCHITECTURE, input_names, load_preprocessor, load_torch_model
+from tailorfit.pipeline.models.loading import ARCHITECTURE, family_of, input_names, load_preprocessor, load_torch_model
 from tailorfit.targets import get_target
 from tailorfit.targets.base import read_linear_map
 from tailorfit.targets.timing import measure_interleaved
@@ -290,7 +289,7 @@ def _estimate(dense: HFModel, candidate: Candidate, data: Dataset, source: HFMod
     resolved = candidate.policy.resolve(len(candidate.subnet.kept()))
     preprocessor = load_preprocessor(source)
     out = []
-    with torch.inference_mode(), simulated_policy(model, family_by_name(source.family), resolved):
+    with torch.inference_mode(), simulated_policy(model, family_of(source), resolved):
         for part in chunks(read_split(data, "validation"), 32):
             batch = {k: torch.from_numpy(v) for k, v in encode_rows(preprocessor, part, names, max_length).items()}
             pred = model(**batch).logits.argmax(-1)

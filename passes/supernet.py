@@ -25,8 +25,8 @@ from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.models.data import chunks
 from tailorfit.pipeline.models.handles import Dataset, HFModel, SuperNet
 from tailorfit.pipeline.models.training import TaskData
-from tailorfit.pipeline.models.loading import ExportWrapper, example_inputs, input_names, load_preprocessor, load_torch_model
-from tailorfit.pipeline.supernet.space import SearchSpace, model_dims, space_over
+from tailorfit.pipeline.models.loading import ExportWrapper, example_inputs, family_of, input_names, load_preprocessor, load_torch_model
+from tailorfit.pipeline.supernet.space import SearchSpace, space_over
 
 
 SIDECARS = ("search_space.json", "cost_model.json", "importance.json")  # files beside the weights that travel with them
@@ -52,6 +52,11 @@ class Supernet(Pass):
     packages = ("torch", "transformers")
 
     def requires(self, inputs: PortFacts) -> None:
+        if "family" in inputs["model"] and inputs["model"]["family"] is None:  # refused before any step runs, with what was seen
+            if refused := inputs["model"].get("family_refused"):
+                raise TailorfitError(f"a super-network needs to know where the model keeps its layers and linear groups, and {refused}",
+                                     "add a module in pipeline/families/ for it (docs/architecture.md, 'Add a model family')")
+            family_by_name(None, "a super-network")
         if "dims" in inputs["model"]:  # the choices are checked against the model's shape before anything runs
             self._space(inputs["model"]["dims"])
 
@@ -77,13 +82,14 @@ class Supernet(Pass):
         if data.task != model.task:
             raise TailorfitError(f"the dataset is for {data.task} but the model is a {model.task} model", "use a dataset of the model's task")
         net = load_torch_model(model)
-        space = self._space(model_dims(net.config))
+        family = family_of(model, "a super-network")
+        space = self._space(family.dims(net.config.to_dict()))
         names = input_names(net, model)
         example = example_inputs(model, net, names)
         wrapper = ExportWrapper(net, names).eval()
         with torch.inference_mode():
             before = wrapper(*example)
-        elastic = ElasticModel(net, family_by_name(model.family), space)
+        elastic = ElasticModel(net, family, space)
         positions = getattr(net.config, "max_position_embeddings", None) or self.config.max_length
         rows, task = self._calibration(ctx, model, data, names, min(self.config.max_length, positions)) if self.config.importance == "activation" else ([], None)
         scores = elastic.importance([task.batch(part) for part in chunks(rows, 16)] if task else None)
@@ -115,4 +121,4 @@ class Supernet(Pass):
 def load_supernet(handle: SuperNet) -> ElasticModel:
     """The elastic model of a ``SuperNet`` handle, at its largest config."""
     source = handle.source.model_copy(update={"path": handle.path})
-    return ElasticModel(load_torch_model(source), family_by_name(handle.source.family), handle.space)
+    return ElasticModel(load_torch_model(source), family_of(handle.source), handle.space)

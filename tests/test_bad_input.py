@@ -19,6 +19,7 @@ from typing import Callable
 import pytest
 import yaml
 
+from tailorfit.pipeline import TailorfitError, run_pipeline
 from tailorfit.pipeline.cli import main
 
 DOC = Path(__file__).parents[1] / "docs" / "bad-input.md"
@@ -172,7 +173,9 @@ CASES: list[tuple[str, str, Callable[[Inputs], list[str]], str]] = [
     # model folders
     ("model-missing", "a model path that does not exist", lambda i: i.recipe(steps("/no/such/model", i.data)), "model path '/no/such/model' does not exist"),
     ("model-path-is-weights", "the weights file as the model path", lambda i: i.recipe(steps(i.model / "model.safetensors", i.data)), "is a file, not a model folder"),
-    ("model-unsupported", "a T5 config", _model_with(lambda f: (f / "config.json").write_text('{"model_type": "t5", "num_layers": 2}')), "unsupported architecture 't5'"),
+    ("model-type-unknown", "a config.json whose model_type transformers does not know", _model_with(lambda f: (f / "config.json").write_text('{"model_type": "nonesuch", "num_layers": 2}')), "does not know the model type 'nonesuch'"),
+    ("model-no-task-head", "a Mamba config loaded for text classification", _model_with(lambda f: (f / "config.json").write_text('{"model_type": "mamba", "num_hidden_layers": 2}')), "transformers has no text-classification model for the mamba architecture"),
+    ("model-foreign-config", "a T5 config beside BERT weights", _model_with(lambda f: (f / "config.json").write_text('{"model_type": "t5", "num_layers": 2}')), "fill only 0 of the 53 tensors of the t5 model"),
     ("config-not-json", "config.json that is not JSON", _model_with(lambda f: (f / "config.json").write_text("{model_type: bert")), "config.json' is not valid JSON"),
     ("config-non-numeric", "`hidden_size: big` in config.json", _model_with(_config_edit(hidden_size="big")), "does not describe a bert model's sizes"),
     ("config-zero-heads", "`num_attention_heads: 0`", _model_with(_config_edit(num_attention_heads=0)), "does not describe a bert model's sizes"),
@@ -234,3 +237,14 @@ def test_a_real_process_exits_2(tmp_path, sentences_csv):
 def test_the_corpus_table_in_docs_lists_every_case():
     documented = re.findall(r"^\| `([a-z0-9-]+)` \|", DOC.read_text(), flags=re.M)
     assert documented == [c for c, *_ in CASES] and len(CASES) >= 40
+
+
+@pytest.mark.parametrize("step", [{"pass": "evaluate", "config": {"max_length": 512}}, {"pass": "quantize", "config": {"max_length": 512, "calibration_samples": 8}}],
+                         ids=["evaluate", "calibration"])
+def test_inputs_past_the_position_table_are_refused_where_they_are_cut(step, tiny_bert, tmp_path):
+    """Outside the corpus only because each prints a warning first (fine-tuning cuts these texts at 16 tokens; static
+    INT8 states this CPU's caveat)."""
+    i = Inputs(tmp_path, tiny_bert, tmp_path)
+    recipe = {"name": "too-long", "steps": steps(tiny_bert, i.csv(sentences(100, text=" ".join(["film"] * 120)))) + [step]}
+    with pytest.raises(TailorfitError, match="takes 64 positions, but max_length lets 122-token inputs through"):
+        run_pipeline(recipe, out=tmp_path / "out", quiet=True)

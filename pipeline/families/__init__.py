@@ -91,6 +91,17 @@ class ModelFamily:
             raise TailorfitError(f"no '{self.layers}' layer list in this {self.name} model", "the model does not match its declared family")
         return min(found, key=lambda nm: len(nm[0]))
 
+    def spec(self) -> dict[str, Any]:
+        """The family as plain data, for one found by structure to travel on its model's handle."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> ModelFamily:
+        tuples = {k: tuple(spec[k]) for k in ("model_types", "inputs", "head_count_attributes", "head_width_attributes")}
+        return cls(**{**spec, **tuples, "groups": {g: tuple(v) for g, v in spec["groups"].items()}, "config_keys": ConfigKeys(**spec["config_keys"])})
+
     def classify(self, module: str) -> tuple[int, str, bool] | None:
         """``(layer, group, is_linear)`` for a module path inside a layer, None for one outside (the head)."""
         m = re.search(rf"(?:^|\.){re.escape(self.layers)}\.(\d+)\.(.+)$", module)
@@ -121,17 +132,23 @@ def _supported() -> str:
     return ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES)
 
 
+def find_family(model_type: str) -> ModelFamily | None:
+    """The family covering a Hugging Face ``model_type``; None for an architecture no module describes, which still
+    loads, fine-tunes, lowers, quantizes whole and is measured: only layer-wise work needs a family."""
+    return next((fam for fam in FAMILIES if model_type in fam.model_types), None)
+
+
 def family_for(model_type: str) -> ModelFamily:
-    for fam in FAMILIES:
-        if model_type in fam.model_types:
-            return fam
-    raise TailorfitError(
-        f"unsupported architecture '{model_type}'",
-        f"supported families: {_supported()}; add a module in pipeline/families/ for a new one",
-    )
+    if (fam := find_family(model_type)) is None:
+        raise TailorfitError(f"unsupported architecture '{model_type}'", f"supported families: {_supported()}; add a module in pipeline/families/ for a new one")
+    return fam
 
 
-def family_by_name(name: str) -> ModelFamily:
+def family_by_name(name: str | None, needed_for: str = "this step") -> ModelFamily:
+    """``name`` None: the model's architecture has no family module, and ``needed_for`` needs one."""
+    if name is None:
+        raise TailorfitError(f"{needed_for} needs to know where the model keeps its layers and linear groups, and no family module describes its architecture",
+                             f"use a model of a supported family ({_supported()}), or add a module in pipeline/families/")
     for fam in FAMILIES:
         if fam.name == name:
             return fam

@@ -32,7 +32,8 @@ class HFModel(Handle):
 
     path: Path
     task: Task
-    family: str
+    family: str | None  # None: no family module describes the architecture, nor its structure (whole-model steps only)
+    family_spec: dict[str, Any] | None = None  # a family found by structure (``families/discovery.py``), as plain data
     name: str
     num_labels: int | None = None
     notes: list[str] = []  # caveats every model card derived from it must state

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from tailorfit.pipeline.errors import TailorfitError
-from tailorfit.pipeline.families import family_by_name, family_for
+from tailorfit.pipeline.families import ModelFamily, family_by_name, find_family
+from tailorfit.pipeline.families.discovery import FOUND, UnreadableStructure, discover_family
 from tailorfit.pipeline.locations import read_json_object
 from tailorfit.pipeline.models.handles import HFModel
 
@@ -33,13 +34,15 @@ def refuse_beyond_positions(config: dict[str, Any], length: int, model_name: str
         raise TailorfitError(f"{model_name} takes {longest} positions, but {setting} lets {length}-token inputs through", f"set {setting} to at most {longest}")
 
 
-def layer_count(path: Path) -> int:
-    """Transformer layers of a model folder; a sub-network's config.json may describe its super-network."""
+def layer_count(path: Path, family: ModelFamily | None = None) -> int | None:
+    """Transformer layers of a model folder (None: no family, given or by its model type, says); a sub-network's
+    config.json may describe its super-network."""
     arch = path / ARCHITECTURE
     if arch.is_file():
         return sum(layer["keep"] for layer in json.loads(arch.read_text())["subnet"]["layers"])
     config = read_config(path)
-    return family_for(config.get("model_type", "?")).num_layers(config)
+    family = family or find_family(config.get("model_type", "?"))
+    return family.num_layers(config) if family else None
 
 
 def auto_class(task: str):
@@ -72,7 +75,7 @@ def _load_subnet(handle: HFModel) -> nn.Module:
     base = dict(arch["base_config"])
     config = AutoConfig.for_model(base.pop("model_type"), **base)
     model = auto_class(handle.task).from_config(config, dtype=torch.float32)
-    elastic = ElasticModel(model, family_by_name(handle.family), SearchSpace.model_validate(arch["space"]))
+    elastic = ElasticModel(model, family_of(handle), SearchSpace.model_validate(arch["space"]))
     elastic.activate(SubnetConfig.model_validate(arch["subnet"]))
     model = elastic.extract(copy=False)
     load_model(model, str(handle.path / "model.safetensors"))
@@ -96,10 +99,54 @@ def load_preprocessor(handle: HFModel):
     return tok
 
 
+def family_of(handle: HFModel, needed_for: str = "this step") -> ModelFamily:
+    """The model's family: its module's, or the one found by structure that its handle carries."""
+    if handle.family_spec is not None:
+        return ModelFamily.from_spec(handle.family_spec)
+    return family_by_name(handle.family, needed_for)
+
+
+def found_family(path: Path, config: dict[str, Any], task: str) -> ModelFamily:
+    """The family read off the structure of a model no module describes (``families/discovery.py``), built on the meta
+    device from its config: no weights are read, so planning stays cheap for any size."""
+    from transformers import CONFIG_MAPPING, AutoConfig, __version__
+
+    model_type = config["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        raise TailorfitError(f"transformers {__version__} does not know the model type '{model_type}'",
+                             "use a model of a type it knows, or register its classes with transformers' Auto classes before running")
+    try:
+        with torch.device("meta"):
+            skeleton = auto_class(task).from_config(AutoConfig.for_model(model_type, **{k: v for k, v in config.items() if k != "model_type"}))
+    except Exception as exc:  # noqa: BLE001 - whatever transformers raises, the config does not describe a model it can build
+        if "Unrecognized configuration class" in str(exc):
+            raise TailorfitError(f"transformers has no {task} model for the {model_type} architecture", "set the load step's task to one this architecture has") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise TailorfitError(f"transformers cannot build a {model_type} model from config.json of '{path}' ({type(exc).__name__}: {first})",
+                             "fix config.json, or re-save the model with save_pretrained") from None
+    offered = ["pixel_values"] if task == "image-classification" else _tokenizer_inputs(path)
+    return discover_family(skeleton, config, task, _accepted(skeleton, offered))
+
+
+def _tokenizer_inputs(path: Path) -> list[str]:
+    from transformers import AutoTokenizer
+
+    try:
+        return list(AutoTokenizer.from_pretrained(path).model_input_names)
+    except Exception:  # noqa: BLE001 - a folder without a usable tokenizer is refused by load itself, in its own words
+        return ["input_ids", "token_type_ids", "attention_mask"]
+
+
+def _accepted(model: nn.Module, names: list[str]) -> list[str]:
+    accepted = inspect.signature(model.forward).parameters
+    return [n for n in names if n in accepted]
+
+
 def input_names(model: nn.Module, handle: HFModel) -> list[str]:
     """The tensors the exported graph takes, in order."""
-    accepted = inspect.signature(model.forward).parameters
-    return [n for n in family_by_name(handle.family).input_names(model.config.to_dict()) if n in accepted]
+    if handle.family is None:  # what the preprocessor gives that the model takes, in the preprocessor's order
+        return _accepted(model, ["pixel_values"] if handle.task == "image-classification" else load_preprocessor(handle).model_input_names)
+    return _accepted(model, family_of(handle).input_names(model.config.to_dict()))
 
 
 class ExportWrapper(nn.Module):
@@ -147,10 +194,19 @@ def model_facts(path: Path, task: str, config: dict[str, Any] | None = None) -> 
     if task not in TASKS:
         raise TailorfitError(f"unsupported task '{task}'", f"use one of: {', '.join(TASKS)}")
     config = config or read_config(path)
-    family = family_for(config.get("model_type", "?"))
+    if "model_type" not in config:
+        raise TailorfitError(f"config.json of '{path}' names no model_type", "re-save the model with save_pretrained, which writes it")
+    family = find_family(config["model_type"])
+    if family is None:
+        try:
+            family = found_family(path, config, task)
+        except UnreadableStructure as refused:  # what its auto class loads, tailorfit runs whole; layer-wise steps refuse it
+            return {"family": None, "model_type": config["model_type"], "task": task, "num_layers": None, "family_refused": refused.problem}
     if task != family.task:
         raise TailorfitError(f"task '{task}' does not fit a {family.name} model", f"use task: {family.task} for {family.name} models")
     facts = {"family": family.name, "model_type": config["model_type"], "task": task}
+    if family.name.startswith(FOUND):
+        facts["family_spec"] = family.spec()
     if (path / ARCHITECTURE).is_file():  # a sub-network: config.json may describe its super-network
         return {**facts, "num_layers": layer_count(path)}
     try:

@@ -66,7 +66,7 @@ def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
     lines = [
         f"# {entry['candidate']}",
         "",
-        f"A {entry['family']} model for **{entry['task']}**, derived from `{entry['model']}` by tailorfit "
+        f"A {entry['family'] or 'Hugging Face'} model for **{entry['task']}**, derived from `{entry['model']}` by tailorfit "
         f"(recipe `{manifest.get('recipe_name', '?')}`), with one folder per deployment target.",
         *[f"**Note:** {n}" for n in entry.get("notes", [])],
         "",
