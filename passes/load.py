@@ -16,9 +16,8 @@ from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, Po
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.models.handles import HFModel, Task
 from tailorfit.pipeline.locations import PKG_SCHEME, content_hash, resolve_location
-from tailorfit.pipeline.models.loading import ARCHITECTURE, ExportWrapper, auto_class, example_inputs, family_of, input_names, load_torch_model, model_facts, read_config
-from tailorfit.pipeline.supernet.elastic import ElasticModel
-from tailorfit.pipeline.supernet.space import space_over
+from tailorfit.pipeline.models.loading import (ARCHITECTURE, auto_class, example_inputs, family_of, input_names, load_torch_model, model_facts, read_config,
+                                               structure_fails)
 
 
 GGUF_CONVERSION = 2  # 2: tokenizer saved from its backend (1 reloaded with the wrong pre-tokenizer)
@@ -172,26 +171,11 @@ def _check_weights(model: HFModel) -> torch.nn.Module:
 
 
 def _check_found_family(ctx: PassContext, model: HFModel, net: torch.nn.Module) -> HFModel:
-    """A family found by structure is used only if, on the real weights (``net``, changed in place), the model stays
-    the same function once made elastic and its smallest sub-network runs; otherwise the model runs whole, and the
-    log and its cards say why."""
-    family = family_of(model)
+    """A family found by structure is used only if it holds on the real weights (``net``, changed in place); otherwise
+    the model runs whole, and the log and its cards say why."""
     names = input_names(net, model)
-    wrapper, example = ExportWrapper(net, names).eval(), example_inputs(model, net, names)
-    space = space_over(family.dims(read_config(model.path)), ffn_step=8, min_layers=1)
-    try:
-        with torch.inference_mode():
-            full = wrapper(*example)
-            elastic = ElasticModel(net, family, space)
-            same = wrapper(*example)
-            elastic.activate(space.smallest())
-            small = wrapper(*example)
-        if not torch.allclose(same, full, atol=1e-5):
-            raise ValueError(f"made elastic, its outputs moved by {float((same - full).abs().max()):.2e}")
-        if small.shape != full.shape or not bool(torch.isfinite(small).all()):
-            raise ValueError(f"its smallest sub-network gives {tuple(small.shape)} outputs{'' if torch.isfinite(small).all() else ' with NaN'}")
-    except Exception as exc:  # any failure means the reading of the structure is wrong somewhere
-        why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+    why = structure_fails(net, family_of(model), read_config(model.path), example_inputs(model, net, names), names)
+    if why:
         ctx.log.warning("the structure found for %s does not hold on its weights (%s): it runs whole, without super-networks or per-layer policies", model.name, why)
         note = f"The structure tailorfit found for this architecture did not hold on its weights ({why}): it was lowered and quantized whole."
         return model.model_copy(update={"family": None, "family_spec": None, "notes": [*model.notes, note]})

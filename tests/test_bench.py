@@ -141,3 +141,13 @@ def test_scaling_recipe_scales_the_supernet_choices_to_bert_base_and_measures_th
     searches = [s for s in recipe["steps"] if s["pass"] == "search"]
     assert [s["inputs"]["supernet"] for s in searches] == ["sw", f"{BERT_BASE}-supernet"]
     assert all(s["config"]["budget"] == s["config"]["initial"] == 3 and s["config"]["algorithm"] == "linas" for s in searches)
+
+
+def test_the_family_survey_tells_prunable_from_whole():
+    from bench.family_survey import survey_one
+
+    assert survey_one("electra", "text-classification")[0] == "prunable: found by structure"
+    assert survey_one("bert", "text-classification")[0] == "prunable: registered family"
+    assert survey_one("albert", "text-classification") == ("runs whole: structure not readable", "no list of identical blocks")
+    verdict, evidence = survey_one("mpnet", "text-classification")  # one relative position bias for every head
+    assert verdict == "runs whole: found by structure does not hold" and "RuntimeError" in evidence

@@ -1,6 +1,7 @@
 """Families found by structure: a tiny transformer whose modules and classes no family module knows (registered with
 transformers' Auto classes in this process, as a user's own architecture would be) is read off its structure, goes
-through super-network, search and extraction; a structure that cannot be read is refused with what was seen."""
+through super-network, search and extraction; a structure that cannot be read is refused with what was seen (one that
+does not hold on its weights, MPNet's, is in test_any_architecture.py)."""
 from __future__ import annotations
 
 import sqlite3
@@ -111,17 +112,6 @@ def test_a_found_family_goes_through_supernet_search_and_extraction(renamed, sen
     assert pick.family_spec == model.family_spec and pick.selection is not None  # the family travels with the model
     assert result.outputs["pick-ov"].metrics["lowering_max_abs_diff"] < 1e-3
     assert result.outputs["pick-q"].precision in ("int8", "mixed", "fp32")
-
-
-def test_a_structure_that_does_not_hold_on_the_weights_runs_whole_and_says_why(save_tiny, sentences_csv, tmp_path):
-    """MPNet reads as a transformer, but its relative position bias is computed once for all heads: pruning heads in a
-    layer breaks the sum, which the check on the real weights finds."""
-    folder = save_tiny("mpnet-found", "bert", lambda vocab: tf.MPNetModel(tf.MPNetConfig(
-        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=66, pad_token_id=0)))
-    recipe = {"name": "mpnet", "steps": [{"id": "model", "pass": "load", "config": {"path": str(folder), "task": "text-classification"}}]}
-    model = run_pipeline(recipe, out=tmp_path, quiet=True).outputs["model"]
-    assert model.family is None and model.family_spec is None
-    assert "did not hold on its weights" in model.notes[-1], model.notes
 
 
 def test_an_unreadable_structure_is_refused_with_what_was_seen():

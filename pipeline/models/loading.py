@@ -128,6 +128,30 @@ def found_family(path: Path, config: dict[str, Any], task: str) -> ModelFamily:
     return discover_family(skeleton, config, task, _accepted(skeleton, offered))
 
 
+def structure_fails(net: nn.Module, family: ModelFamily, config: dict[str, Any], example: tuple[torch.Tensor, ...], names: list[str]) -> str | None:
+    """Why a family found by structure does not hold on ``net``'s weights (None: it holds): made elastic the model must
+    compute the same function, and its smallest sub-network must run. ``net`` is made elastic in place."""
+    from tailorfit.pipeline.supernet.elastic import ElasticModel
+    from tailorfit.pipeline.supernet.space import space_over
+
+    wrapper = ExportWrapper(net, names).eval()
+    space = space_over(family.dims(config), ffn_step=8, min_layers=1)
+    try:
+        with torch.inference_mode():
+            full = wrapper(*example)
+            elastic = ElasticModel(net, family, space)
+            same = wrapper(*example)
+            elastic.activate(space.smallest())
+            small = wrapper(*example)
+    except Exception as exc:  # noqa: BLE001 - any failure means the reading of the structure is wrong somewhere
+        return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+    if not torch.allclose(same, full, atol=1e-5):
+        return f"made elastic, its outputs moved by {float((same - full).abs().max()):.2e}"
+    if small.shape != full.shape or not bool(torch.isfinite(small).all()):
+        return f"its smallest sub-network gives {tuple(small.shape)} outputs{'' if torch.isfinite(small).all() else ' with NaN'}"
+    return None
+
+
 def _tokenizer_inputs(path: Path) -> list[str]:
     from transformers import AutoTokenizer
 
