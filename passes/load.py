@@ -1,8 +1,10 @@
 """load: a Hugging Face model from a local folder, a package (``pkg://``) or a hub id.
 
 Consumes: nothing. Produces: ``HFModel`` pointing at the model folder (not copied). Post-condition: the weights
-load as config.json describes them and hold only finite numbers, and a text model's folder carries its tokenizer's
-vocabulary (an image model's, its preprocessor config).
+load as config.json describes them, fill most of that model and hold only finite numbers, and a text model's folder
+carries its tokenizer's vocabulary (an image model's, its preprocessor config). For an architecture no family module
+covers, the handle carries the family read off its structure (``families/discovery.py``) if that reading holds on
+the weights; otherwise ``family`` is None and the model runs whole (its notes say why).
 """
 from __future__ import annotations
 
