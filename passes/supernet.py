@@ -53,10 +53,7 @@ class Supernet(Pass):
 
     def requires(self, inputs: PortFacts) -> None:
         if "family" in inputs["model"] and inputs["model"]["family"] is None:  # refused before any step runs, with what was seen
-            if refused := inputs["model"].get("family_refused"):
-                raise TailorfitError(f"a super-network needs to know where the model keeps its layers and linear groups, and {refused}",
-                                     "add a module in pipeline/families/ for it (docs/architecture.md, 'Add a model family')")
-            family_by_name(None, "a super-network")
+            family_by_name(None, "a super-network", inputs["model"].get("family_refused"))
         if "dims" in inputs["model"]:  # the choices are checked against the model's shape before anything runs
             self._space(inputs["model"]["dims"])
 

@@ -14,12 +14,19 @@ from test_search import _search_recipe
 TINY = {"max_length": 24, "batch_size": 16}
 
 
-def test_a_distilled_subnetwork_recovers_accuracy_its_teacher_has(tiny_bert, sentences_csv, tmp_path):
-    recipe = {"name": "distill", "seed": 0, "threads": 2, "steps": [
+def _supernet_steps(tiny_bert, sentences_csv, ft_steps: int) -> list[dict]:
+    """Load, data, a fine-tune of ``ft_steps`` and a super-network over it, on the tiny BERT."""
+    return [
         {"id": "model", "pass": "load", "config": {"path": str(tiny_bert), "task": "text-classification", "name": "tiny"}},
         {"id": "data", "pass": "dataset", "config": {"path": str(sentences_csv)}},
-        {"id": "ft", "pass": "finetune", "config": {"max_steps": 60, "learning_rate": 3e-3, **TINY}},
+        {"id": "ft", "pass": "finetune", "config": {"max_steps": ft_steps, "learning_rate": 3e-3, **TINY}},
         {"id": "super", "pass": "supernet", "config": {"ffn_step": 16, "min_layers": 1}},
+    ]
+
+
+def test_a_distilled_subnetwork_recovers_accuracy_its_teacher_has(tiny_bert, sentences_csv, tmp_path):
+    recipe = {"name": "distill", "seed": 0, "threads": 2, "steps": [
+        *_supernet_steps(tiny_bert, sentences_csv, 60),
         {"id": "small", "pass": "extract", "config": {"subnet": "smallest"}},
         {"id": "distilled", "pass": "distill", "inputs": {"student": "small", "teacher": "ft"}, "config": {"epochs": 2, "max_steps": 40, "learning_rate": 3e-3, **TINY}},
         {"id": "ov", "pass": "lower", "config": {"target": "openvino-cpu"}},
@@ -36,10 +43,7 @@ def test_a_distilled_subnetwork_recovers_accuracy_its_teacher_has(tiny_bert, sen
 
 def test_a_student_of_the_teachers_shape_is_not_trained_and_keeps_the_better_weights(tiny_bert, sentences_csv, tmp_path):
     recipe = {"name": "same-shape", "seed": 0, "threads": 2, "steps": [
-        {"id": "model", "pass": "load", "config": {"path": str(tiny_bert), "task": "text-classification", "name": "tiny"}},
-        {"id": "data", "pass": "dataset", "config": {"path": str(sentences_csv)}},
-        {"id": "ft", "pass": "finetune", "config": {"max_steps": 30, "learning_rate": 3e-3, **TINY}},
-        {"id": "super", "pass": "supernet", "config": {"ffn_step": 16, "min_layers": 1}},
+        *_supernet_steps(tiny_bert, sentences_csv, 30),
         # a few sandwich steps at a high rate move the largest sub-network's weights away from the teacher's
         {"id": "sandwich", "pass": "supernet-finetune", "config": {"max_steps": 4, "learning_rate": 3e-2, "random_subnets": 0, **TINY}},
         {"id": "largest", "pass": "extract", "config": {"subnet": "largest"}},

@@ -144,11 +144,12 @@ def family_for(model_type: str) -> ModelFamily:
     return fam
 
 
-def family_by_name(name: str | None, needed_for: str = "this step") -> ModelFamily:
-    """``name`` None: the model's architecture has no family module, and ``needed_for`` needs one."""
+def family_by_name(name: str | None, needed_for: str = "this step", seen: str | None = None) -> ModelFamily:
+    """``name`` None: the model's architecture has no family module, and ``needed_for`` needs one (``seen``: why its
+    structure could not stand in for one)."""
     if name is None:
-        raise TailorfitError(f"{needed_for} needs to know where the model keeps its layers and linear groups, and no family module describes its architecture",
-                             f"use a model of a supported family ({_supported()}), or add a module in pipeline/families/")
+        raise TailorfitError(f"{needed_for} needs to know where the model keeps its layers and linear groups, and no family module describes its architecture"
+                             + (f"; {seen}" if seen else ""), f"use a model of a supported family ({_supported()}), or add a module in pipeline/families/")
     for fam in FAMILIES:
         if fam.name == name:
             return fam

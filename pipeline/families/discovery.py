@@ -6,7 +6,7 @@ config's FFN width, the down projection narrows it back, the rest that read the 
 not) and the one that writes it back is the attention output. The config keys are found by their values, the
 attention module is the Q/K/V linears' common parent, and the attributes ``activate`` must follow when heads are
 pruned are its integer attributes equal to the head count or the heads' total width. Anything short of exactly one
-reading is refused with what was seen; ``loading.discovered_family`` then checks the result on the real weights.
+reading is refused with what was seen; ``loading.structure_fails`` then checks the result on the real weights (at ``load``).
 """
 from __future__ import annotations
 
