@@ -21,6 +21,7 @@ A killed search resumes from the store: the search replays deterministically, an
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pickle
@@ -209,8 +210,10 @@ class CandidateEvaluator:
     @functools.cached_property
     def build_args(self) -> dict[str, Any]:
         share = self.ctx.executor.share
+        # builds running side by side split the CPUs; timing (latency_args) keeps them all
+        threads = max(1, self.ctx.threads // self.ctx.executor.parallel)
         return {"supernet": self.supernet, "supernet_folder": share(self.supernet.path), "data": self.data, "data_folder": share(self.data.path),
-                "settings": self.settings}
+                "settings": dataclasses.replace(self.settings, threads=threads)}
 
     @functools.cached_property
     def latency_args(self) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Executors: where a pass's parallel work runs.
 
 A pass hands its executor a module-level function and a list of items; it gets the results back in input
-order, whatever ran them. ``local`` (the default) calls the function in-process, item after item. ``ray`` runs
+order, whatever ran them. ``local`` (the default) calls the function in-process, item after item; ``local:N`` hands
+items that ask for no resource to N worker processes of this machine (started on first use, kept until ``close``),
+so one item's single-threaded Python (tracing, graph conversion) overlaps another's, while items asking for a
+resource (timing on a target) still run in-process one at a time, alone on the CPU. ``ray`` runs
 each item as a Ray task: retried up to 3 times when its worker or node dies (a Python error in a task is a bug,
 so it is not retried but raised on the driver as the original exception), placed only on nodes advertising
 the custom resources the pass asks for (e.g. ``{"openvino-cpu": 1}``: one such task per node at a time).
@@ -10,13 +13,14 @@ Large read-only inputs travel with ``share(folder)``: on Ray the folder goes int
 content (sharing it again reuses the stored copy) and is fetched and unpacked only by a node that lacks it, under
 ``<tmp>/tailorfit-shipped/<content hash>`` (aged out after a day unused, ``pipeline/scratch.py``); locally it stays where it is. A ``Shipped`` may travel inside any
 task argument, not only as a top-level one.
-Spec: ``local``, ``ray`` (``$RAY_ADDRESS`` if set, else a Ray instance started on this machine),
+Spec: ``local``, ``local:N``, ``ray`` (``$RAY_ADDRESS`` if set, else a Ray instance started on this machine),
 ``ray://HOST:PORT`` (Ray Client); no spec means ``ray`` when ``$RAY_ADDRESS`` is set, else ``local``.
 """
 from __future__ import annotations
 
 import io
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -24,6 +28,8 @@ import socket
 import tarfile
 import tempfile
 import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,6 +40,7 @@ from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.locations import content_hash
 from tailorfit.pipeline.scratch import SHIPPED, sweep
 
+_LOCAL = re.compile(r"^local(?::(?P<workers>[1-9]\d*))?$")
 _RAY_CLIENT = re.compile(r"^ray://(?P<host>[^:/\s]+):(?P<port>\d+)$")
 _HOST_PORT = re.compile(r"^(?:ray://)?(?P<host>[^:/\s]+):(?P<port>\d+)$")
 _PROBE_SECONDS = 5.0
@@ -41,17 +48,18 @@ _MAX_RETRIES = 3
 
 
 def parse_executor(spec: str | None) -> tuple[str, str | None]:
-    """``(kind, address)`` of an executor spec, without importing Ray; a bad spec is a one-line error."""
+    """``(kind, detail)`` of an executor spec, without importing Ray: the address for ``ray`` (None: a local
+    instance), the worker count for ``local:N`` (None: in-process). A bad spec is a one-line error."""
     if spec is None:
         address = os.environ.get("RAY_ADDRESS") or None
         return ("ray", address) if address else ("local", None)
-    if spec == "local":
-        return "local", None
+    if local := _LOCAL.match(spec):
+        return "local", local["workers"]
     if spec == "ray":
         return "ray", os.environ.get("RAY_ADDRESS") or None
     if _RAY_CLIENT.match(spec):
         return "ray", spec
-    raise TailorfitError(f"unknown executor '{spec}'", "use local, ray, or ray://HOST:PORT")
+    raise TailorfitError(f"unknown executor '{spec}'", "use local, local:N (N worker processes), ray, or ray://HOST:PORT")
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,7 @@ class Executor:
 
     spec: str
     distributed = False  # whether independent recipe steps are worth handing over together (pipeline/step_tasks.py)
+    parallel = 1  # how many items of one map share this machine's CPUs at once: a task's fair share of threads
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], shared_args: dict[str, Any] | None = None,
             resources: dict[str, float] | None = None, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
@@ -117,18 +126,52 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    spec = "local"
+    """In-process, item after item; with ``workers`` > 1, items asking for no resource go to that many spawned
+    worker processes (spawned, not forked: a forked copy of a process whose torch and OpenVINO thread pools are
+    running can deadlock)."""
+
+    def __init__(self, workers: int = 1):
+        self.workers = self.parallel = workers
+        self.spec = "local" if workers == 1 else f"local:{workers}"
+        self._pool: ProcessPoolExecutor | None = None
 
     def map(self, fn, items, shared_args=None, resources=None, on_result=None):
-        out = []
-        for i, item in enumerate(items):
-            out.append(fn(item, **(shared_args or {})))
-            if on_result:
-                on_result(i, out[-1])
+        if resources or self.workers == 1 or len(items) < 2:
+            out = []
+            for i, item in enumerate(items):
+                out.append(fn(item, **(shared_args or {})))
+                if on_result:
+                    on_result(i, out[-1])
+            return out
+        if self._pool is None:
+            from tailorfit.pipeline.console import setup_logging
+
+            # a worker logs warnings only, as the run's own log would with --quiet; libraries stay silent
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=setup_logging, initargs=(True,))
+        futures = {self._pool.submit(fn, item, **(shared_args or {})): i for i, item in enumerate(items)}
+        out: list[Any] = [None] * len(items)
+        try:
+            for future in as_completed(futures):
+                out[futures[future]] = future.result()  # a task's own exception is raised here, as if it had run here
+                if on_result:
+                    on_result(futures[future], out[futures[future]])
+        except BrokenProcessPool:
+            self.close()  # the pool is unusable; the next map starts a new one
+            raise TailorfitError(f"a worker process of executor {self.spec} died (killed, or out of memory?) while running {fn.__name__}",
+                                 "run again to resume (finished work is kept), with fewer workers if memory ran out") from None
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
         return out
 
     def share(self, folder: Path) -> Shipped:
         return Shipped(Path(folder))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
 
 class RayExecutor(Executor):
@@ -224,5 +267,5 @@ def _probe(host: str, port: int, address: str) -> None:
 
 
 def executor_from(spec: str | None) -> Executor:
-    kind, address = parse_executor(spec)
-    return LocalExecutor() if kind == "local" else RayExecutor(address)
+    kind, detail = parse_executor(spec)
+    return LocalExecutor(int(detail or 1)) if kind == "local" else RayExecutor(detail)

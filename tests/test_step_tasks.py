@@ -22,6 +22,7 @@ class WavesInProcess(LocalExecutor):
     distributed = True
 
     def __init__(self):
+        super().__init__()
         self.waves: list[list[str]] = []
 
     def map(self, fn, items, shared_args=None, resources=None, on_result=None):

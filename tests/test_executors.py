@@ -1,6 +1,7 @@
-"""Executors: a search on Ray records the same store as in-process, survives a killed worker, and times candidates
-only on nodes advertising the target, one at a time; select's branches run as Ray tasks with the in-process results;
-bad specs and a missing or unreachable Ray fail in one line."""
+"""Executors: a search on Ray or on local worker processes records the same store as in-process; Ray survives a
+killed worker and times candidates only on nodes advertising the target, one at a time; local workers run tasks
+side by side but timing in-process, alone; select's branches run as Ray tasks with the in-process results; bad
+specs, a missing or unreachable Ray and a dead local worker fail in one line."""
 from __future__ import annotations
 
 import json
@@ -113,6 +114,53 @@ def test_a_search_on_ray_with_a_worker_killed_midway_records_the_same_store_as_i
     assert spans[0][1] <= spans[1][0] + 0.01
 
 
+def test_a_search_on_local_workers_records_the_same_store_as_in_process(local_search, tiny_bert, sentences_csv):
+    local, out = local_search
+    workers = run_pipeline(_recipe(tiny_bert, sentences_csv), out=out, quiet=True, executor="local:2", force=["search"])
+    assert workers.manifest["executor"] == "local:2" and workers.manifest["steps"]["search"]["cache_hit"] is False
+    assert _rows(workers) == _rows(local)
+
+
+def _span(i: int) -> tuple[int, float, float]:
+    start = time.time()
+    time.sleep(1.0)
+    return os.getpid(), start, time.time()
+
+
+def _refuse(i: int) -> None:
+    raise TailorfitError(f"candidate {i} is broken", "fix it")
+
+
+def _die(i: int) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_local_workers_run_free_tasks_side_by_side_and_resource_tasks_here_one_at_a_time():
+    pool = executor_from("local:2")
+    assert pool.spec == "local:2" and pool.parallel == 2
+    try:
+        seen: list[int] = []
+        free = pool.map(_span, range(2), on_result=lambda i, r: seen.append(i))
+        assert sorted(seen) == [0, 1] and all(pid != os.getpid() for pid, _, _ in free)
+        assert free[1][1] < free[0][2] and free[0][1] < free[1][2]  # the two sleeps overlapped
+        timed = pool.map(_span, range(2), resources={"openvino-cpu": 1})
+        assert all(pid == os.getpid() for pid, _, _ in timed) and timed[0][2] <= timed[1][1]
+        with pytest.raises(TailorfitError, match="^candidate [01] is broken — fix it$"):  # whichever fails first
+            pool.map(_refuse, range(2))
+    finally:
+        pool.close()
+
+
+def test_a_dead_local_worker_fails_in_one_line_and_the_next_map_starts_afresh():
+    pool = executor_from("local:2")
+    try:
+        with pytest.raises(TailorfitError, match="^a worker process of executor local:2 died .* run again to resume"):
+            pool.map(_die, range(2))
+        assert [pid for pid, _, _ in pool.map(_span, range(2))]
+    finally:
+        pool.close()
+
+
 def test_latency_tasks_run_only_where_the_target_is_advertised_and_one_at_a_time(ray_instance):
     def hold(i):
         import time
@@ -163,10 +211,10 @@ def _free_port() -> int:
 
 
 def test_bad_executor_specs_and_unreachable_addresses_fail_in_one_line(tiny_bert, sentences_csv, tmp_path, capsys):
-    for spec in ("dask", "ray:/host:1", "ray://host", "ray://host:port"):
+    for spec in ("dask", "ray:/host:1", "ray://host", "ray://host:port", "local:0", "local:two"):
         with pytest.raises(TailorfitError, match="unknown executor"):
             parse_executor(spec)
-    with pytest.raises(TailorfitError, match="^unknown executor 'threads' — use local, ray, or ray://HOST:PORT$"):
+    with pytest.raises(TailorfitError, match=r"^unknown executor 'threads' — use local, local:N \(N worker processes\), ray, or ray://HOST:PORT$"):
         run_pipeline({**_recipe(tiny_bert, sentences_csv), "executor": "threads"}, out=tmp_path, quiet=True)
     address = f"ray://127.0.0.1:{_free_port()}"
     started = time.time()
@@ -186,7 +234,7 @@ def test_default_executor_follows_ray_address(monkeypatch):
     assert parse_executor(None) == ("local", None)
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert parse_executor(None) == ("ray", "10.0.0.5:6379") and parse_executor("ray") == ("ray", "10.0.0.5:6379")
-    assert parse_executor("local") == ("local", None)
+    assert parse_executor("local") == ("local", None) and parse_executor("local:3") == ("local", "3")
 
 
 def test_ray_without_the_extra_says_how_to_install_it(monkeypatch):
