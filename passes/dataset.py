@@ -2,15 +2,18 @@
 
 Consumes: nothing. Produces: ``Dataset`` — JSONL splits whose rows keep their source row index as
 ``id`` (so two models can be compared on the same examples), and ``meta.json`` recording the split.
-The split is seeded and, for classification, stratified.
+The split is seeded and stratified: by class for classification, by label quintile for text-regression (whose
+labels are floats and whose meta records their mean, spread and range).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from tailorfit.pipeline.contract import Facts, Pass, PassConfig, PassContext, PortFacts
@@ -27,7 +30,7 @@ class DatasetConfig(PassConfig):
     path: str = Field(description="a .csv/.jsonl/.parquet file, a saved HF dataset folder, or pkg://PACKAGE/relative/path")
     task: Task = "text-classification"
     text_column: str | list[str] = Field(default="text", description="the text column, or two for text pairs (NLI, paraphrase): [premise, hypothesis]")
-    label_column: str | None = Field(default="label", description="class column (classification tasks); ignored for causal-lm")
+    label_column: str | None = Field(default="label", description="class column (classification), number column (text-regression); ignored for causal-lm")
     image_column: str = Field(default="image", description="image-classification: nested pixel lists or file paths relative to the data file")
     where: dict[str, str | int] = Field(default={}, description="keep only rows whose columns equal these values")
     fractions: tuple[float, float, float] = Field(default=(0.8, 0.1, 0.1), description="train, validation, test")
@@ -38,8 +41,8 @@ class DatasetConfig(PassConfig):
     def _fractions(self) -> "DatasetConfig":
         if abs(sum(self.fractions) - 1) > 1e-6 or min(self.fractions) <= 0:
             raise ValueError("fractions must be three positive numbers summing to 1")
-        if isinstance(self.text_column, list) and (len(self.text_column) not in (1, 2) or self.task != "text-classification"):
-            raise ValueError("text_column takes one column, or two (a text pair) for text-classification")
+        if isinstance(self.text_column, list) and (len(self.text_column) not in (1, 2) or self.task not in ("text-classification", "text-regression")):
+            raise ValueError("text_column takes one column, or two (a text pair) for text-classification and text-regression")
         return self
 
 
@@ -90,7 +93,9 @@ class DatasetPass(Pass):
         records = [{"id": i, **{k: r[v] for k, v in columns.items()}} for i, r in enumerate(rows)]
         _check_rows(records, columns)
         label_names: list[str] = []
-        if "label" in columns:
+        if c.task == "text-regression":
+            _numeric_labels(records, columns["label"])
+        elif "label" in columns:
             for r in records:
                 r["label"] = _label_name(r["label"])
             label_names = sorted({r["label"] for r in records}, key=_label_order)
@@ -103,7 +108,8 @@ class DatasetPass(Pass):
             for r in records:
                 if isinstance(r["image"], str):
                     r["image"] = str((path.parent / r["image"]).resolve())
-        splits = self._split(records, ctx.seed, stratify="label" in columns)
+        strata = _strata(records, c.task) if "label" in columns else None
+        splits = self._split(records, ctx.seed, strata)
         for split in ("validation", "test"):
             if len(splits[split]) < MIN_EVALUATION_ROWS:
                 raise TailorfitError(f"the {split} split gets {len(splits[split])} of {len(records)} rows, too few to measure a model on",
@@ -116,18 +122,19 @@ class DatasetPass(Pass):
         sizes = {s: len(p) for s, p in splits.items()}
         meta = {
             "source": str(path), "rows": len(records), "sizes": sizes, "seed": ctx.seed, "fractions": list(c.fractions),
-            "stratified": "label" in columns, "label_names": label_names,
+            "stratified": "by label quintile" if c.task == "text-regression" else "label" in columns, "label_names": label_names,
+            **({"label_stats": _label_stats(records)} if c.task == "text-regression" else {}),
             "split_ids_sha256": {s: hashlib.sha256(json.dumps([r["id"] for r in p]).encode()).hexdigest()[:16] for s, p in splits.items()},
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=2))
         ctx.log.info("%d rows -> %s", len(records), sizes)
         return Dataset(path=out, task=c.task, label_names=label_names, sizes=sizes)
 
-    def _split(self, records: list[dict[str, Any]], seed: int, stratify: bool) -> dict[str, list[dict[str, Any]]]:
+    def _split(self, records: list[dict[str, Any]], seed: int, strata: dict[int, int] | None) -> dict[str, list[dict[str, Any]]]:
         from sklearn.model_selection import train_test_split
 
         def cut(rows: list[dict[str, Any]], size: float | int) -> tuple[list, list]:
-            labels = [r["label"] for r in rows] if stratify else None
+            labels = [strata[r["id"]] for r in rows] if strata else None
             try:
                 return train_test_split(rows, test_size=size, random_state=seed, stratify=labels)
             except ValueError as exc:
@@ -165,6 +172,38 @@ def _check_rows(records: list[dict[str, Any]], columns: dict[str, str]) -> None:
         if bad:
             shown = ", ".join(map(str, bad[:5])) + (" …" if len(bad) > 5 else "")
             raise TailorfitError(f"{len(bad)} rows have {what} in column '{columns[key]}' (rows {shown})", fix)
+
+
+def _numeric_labels(records: list[dict[str, Any]], column: str) -> None:
+    """A regression target as a float per row; text, NaN or infinity is refused with the rows it is in."""
+    bad = []
+    for r in records:
+        try:
+            r["label"] = float(str(r["label"]).strip())
+        except ValueError:
+            r["label"] = math.nan
+        if not math.isfinite(r["label"]):
+            bad.append(r["id"] + 1)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (" …" if len(bad) > 5 else "")
+        raise TailorfitError(f"{len(bad)} rows have a label in column '{column}' that is not a finite number (rows {shown})",
+                             "a text-regression target is a number per row: fix or drop those rows, or use task: text-classification for classes")
+    if len({r["label"] for r in records}) < 2:
+        raise TailorfitError(f"the label column '{column}' holds one value only ({records[0]['label']})", "a regression needs targets that vary: check the data or 'where'")
+
+
+def _strata(records: list[dict[str, Any]], task: str) -> dict[int, Any]:
+    """Row id -> what the split keeps in proportion: the class, or for a regression the label's quintile."""
+    if task != "text-regression":
+        return {r["id"]: r["label"] for r in records}
+    labels = np.array([r["label"] for r in records])
+    edges = np.unique(np.quantile(labels, [0.2, 0.4, 0.6, 0.8]))
+    return {r["id"]: int(np.searchsorted(edges, r["label"])) for r in records}
+
+
+def _label_stats(records: list[dict[str, Any]]) -> dict[str, float]:
+    labels = np.array([r["label"] for r in records])
+    return {"mean": float(labels.mean()), "std": float(labels.std()), "min": float(labels.min()), "max": float(labels.max())}
 
 
 def _label_name(value: Any) -> str:

@@ -23,6 +23,7 @@ from tailorfit.pipeline.contract import Facts, Pass, PassContext, PortFacts
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.models.distillation import student_loss
 from tailorfit.pipeline.models.handles import Dataset, HFModel
+from tailorfit.pipeline.models.regression import refuse_regression
 from tailorfit.pipeline.models.loading import ARCHITECTURE, family_of, input_names, load_preprocessor, load_torch_model, read_config
 from tailorfit.pipeline.models.training import TaskData, TrainingConfig, save_folder_atomic, train
 from tailorfit.pipeline.supernet.space import SubnetConfig
@@ -39,6 +40,9 @@ class Distill(Pass):
     name = "distill"
     Config = DistillConfig
     packages = ("torch", "transformers", "safetensors")
+
+    def requires(self, inputs: PortFacts) -> None:
+        refuse_regression(inputs["student"].get("task"), "distill")
 
     def ensures(self, inputs: PortFacts) -> Facts:
         """The student's facts: distillation changes its weights, not its shape."""

@@ -1,4 +1,5 @@
-"""evaluate: accuracy (classification) or perplexity (causal LM) of a lowered model, run on its target runtime.
+"""evaluate: accuracy (classification), Pearson's r and Spearman's rho (regression) or perplexity (causal LM) of a
+lowered model, run on its target runtime.
 
 Consumes: ``Lowered`` and ``Dataset``. Produces: the same ``Lowered`` with ``metrics`` extended by
 the score, its bootstrap 95% interval and the number of examples, and ``reports["predictions"]``:
@@ -17,6 +18,7 @@ from tailorfit.pipeline.contract import Pass, PassConfig, PassContext
 from tailorfit.pipeline.models.data import chunks, encode_rows, lm_batch, lm_windows, read_split
 from tailorfit.pipeline.models.handles import Dataset, Lowered
 from tailorfit.pipeline.models.loading import load_preprocessor, read_config, refuse_beyond_positions
+from tailorfit.pipeline.models.regression import pearson, spearman
 from tailorfit.pipeline.search.stats import bootstrap_ci
 from tailorfit.targets import get_target
 
@@ -52,14 +54,16 @@ class Evaluate(Pass):
             fits(self.config.max_length)
             metrics, records = self._perplexity(run, tok, rows, ctx)
         else:
-            metrics, records = self._accuracy(run, tok, rows, model, ctx, fits)
+            records = self._predict(run, tok, rows, model, ctx, fits, regression=data.task == "text-regression")
+            metrics = self._regression(records, ctx) if data.task == "text-regression" else self._accuracy(records, ctx)
         with open(path, "w") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
         ctx.log.info("%s %s on %s: %s", model.candidate, model.target, self.config.split, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
         return model.model_copy(update={"metrics": {**model.metrics, **metrics}, "reports": {**model.reports, "predictions": path}})
 
-    def _accuracy(self, run, tok, rows, model: Lowered, ctx: PassContext, fits: Callable[[int], None]):
+    def _predict(self, run, tok, rows, model: Lowered, ctx: PassContext, fits: Callable[[int], None], regression: bool) -> list[dict[str, Any]]:
+        """Per row, in the split's order: its label and the model's prediction (the class, or a regression's value)."""
         by_row: dict[int, dict] = {}
         # batches of rows of similar length: padding to a batch's longest row is most of the work on short texts
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].get("text", "")) + len(rows[i].get("text_pair", "")))
@@ -70,13 +74,30 @@ class Evaluate(Pass):
                     fits(batch["input_ids"].shape[1])
                 logits = run(batch)
                 for i, lg in zip(part, logits):
-                    pred, r = int(np.argmax(lg)), rows[i]
-                    by_row[i] = {"id": r["id"], "label": r["label"], "prediction": pred, "correct": int(pred == r["label"])}
+                    r = rows[i]
+                    if regression:
+                        by_row[i] = {"id": r["id"], "label": r["label"], "prediction": float(lg[0])}
+                    else:
+                        pred = int(np.argmax(lg))
+                        by_row[i] = {"id": r["id"], "label": r["label"], "prediction": pred, "correct": int(pred == r["label"])}
                 bar.advance(len(part))
-        records = [by_row[i] for i in range(len(rows))]  # in the split's order: paired comparisons match rows by position
+        return [by_row[i] for i in range(len(rows))]  # in the split's order: paired comparisons match rows by position
+
+    def _accuracy(self, records: list[dict[str, Any]], ctx: PassContext) -> dict[str, Any]:
         correct = np.array([r["correct"] for r in records], dtype=float)
         low, high = bootstrap_ci(correct, resamples=self.config.bootstrap, seed=ctx.seed)
-        return {"accuracy": float(correct.mean()), "accuracy_ci95": [low, high], "examples": len(records), "split": self.config.split}, records
+        return {"accuracy": float(correct.mean()), "accuracy_ci95": [low, high], "examples": len(records), "split": self.config.split}
+
+    def _regression(self, records: list[dict[str, Any]], ctx: PassContext) -> dict[str, Any]:
+        pairs = np.array([(r["prediction"], r["label"]) for r in records])
+        out: dict[str, Any] = {}
+        for name, score in (("pearson", pearson), ("spearman", spearman)):
+            out[name] = score(pairs[:, 0], pairs[:, 1])
+            # rows resampled as (prediction, label) pairs: the interval of the correlation itself
+            low, high = bootstrap_ci(np.arange(len(pairs)), statistic=lambda i, f=score: f(pairs[i, 0], pairs[i, 1]), resamples=self.config.bootstrap, seed=ctx.seed)
+            out[f"{name}_ci95"] = [low, high]
+        out["mse"] = float(((pairs[:, 0] - pairs[:, 1]) ** 2).mean())
+        return {**out, "examples": len(records), "split": self.config.split}
 
     def _perplexity(self, run, tok, rows, ctx: PassContext):
         windows = lm_windows(tok, rows, self.config.max_length, self.config.max_windows)

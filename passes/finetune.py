@@ -46,20 +46,23 @@ class Finetune(Pass):
 
         def end_of_epoch(state: dict[str, Any]) -> None:
             score = task.validation_score(net)
-            ctx.log.info("step %d: validation %s %.4f", state["step"], "accuracy" if task.higher_is_better else "loss", score)
+            ctx.log.info("step %d: validation %s %.4f", state["step"], task.score_name, score)
             if state["best"] is None or (score > state["best"]) == task.higher_is_better:
                 state["best"] = score
                 save_folder_atomic(lambda tmp: (net.save_pretrained(tmp), tok.save_pretrained(tmp)), best_dir)
 
         state = train(ctx, net, task, self.config, step, end_of_epoch, "fine-tuning")
         (ctx.work_dir / "train_log.json").write_text(json.dumps({"steps": state["total"], "best_validation": state["best"], "lengths": lengths, "loss": state["history"]}))
-        return model.model_copy(update={"path": best_dir, "num_labels": len(data.label_names) or None})
+        return model.model_copy(update={"path": best_dir, "num_labels": 1 if model.task == "text-regression" else len(data.label_names) or None})
 
     def _load(self, model: HFModel, data: Dataset) -> torch.nn.Module:
         if model.task == "causal-lm":
             return load_torch_model(model)
         labels = data.label_names
-        kwargs: dict[str, Any] = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
-        if model.num_labels not in (None, len(labels)):
+        if model.task == "text-regression":
+            kwargs: dict[str, Any] = {"num_labels": 1, "problem_type": "regression"}
+        else:
+            kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+        if model.num_labels not in (None, kwargs["num_labels"]):
             kwargs["ignore_mismatched_sizes"] = True  # the head is replaced, on purpose
         return load_torch_model(model, **kwargs)

@@ -29,7 +29,7 @@ from tailorfit.pipeline.host import host_info
 from tailorfit.pipeline.models.handles import Artifact, Lowered, SearchResult
 from tailorfit.pipeline.models.loading import load_preprocessor
 from tailorfit.pipeline.models.model_card import model_card
-from tailorfit.pipeline.search.stats import paired_change
+from tailorfit.pipeline.search.stats import paired_change, paired_pearson_change
 from tailorfit.targets import get_target
 from tailorfit.targets.timing import measure_interleaved
 
@@ -147,7 +147,7 @@ def _baseline(m: Lowered, groups: dict[str, dict[str, Lowered]], precision: str)
 
 
 def _versus_baselines(m: Lowered, groups: dict[str, dict[str, Lowered]], timer: "_PairedTimer") -> dict[str, Any]:
-    """Size ratios, paired accuracy changes and interleaved latency ratios against the FP32 and fully-INT8 unpruned models."""
+    """Size ratios, paired accuracy (or Pearson) changes and interleaved latency ratios against the FP32 and fully-INT8 unpruned models."""
     bases = {p: b for p in ("fp32", "int8") if (b := _baseline(m, groups, p)) is not None}
     ratios = timer.ratios(m, list(bases.values()))
     out: dict[str, Any] = {}
@@ -157,6 +157,8 @@ def _versus_baselines(m: Lowered, groups: dict[str, dict[str, Lowered]], timer: 
             versus["latency_ratio"] = ratios[base.candidate]
         if "predictions" in m.reports and "predictions" in base.reports and "accuracy" in m.metrics:
             versus["accuracy_change"] = paired_change(m.reports["predictions"], base.reports["predictions"])
+        elif "predictions" in m.reports and "predictions" in base.reports and "pearson" in m.metrics:
+            versus["pearson_change"] = paired_pearson_change(m.reports["predictions"], base.reports["predictions"])
         out[precision] = versus
     return {"versus": out} if out else {}
 

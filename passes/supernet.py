@@ -25,6 +25,7 @@ from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.models.data import chunks
 from tailorfit.pipeline.models.handles import Dataset, HFModel, SuperNet
 from tailorfit.pipeline.models.training import TaskData
+from tailorfit.pipeline.models.regression import refuse_regression
 from tailorfit.pipeline.models.loading import ExportWrapper, example_inputs, family_of, input_names, load_preprocessor, load_torch_model
 from tailorfit.pipeline.supernet.space import SearchSpace, space_over
 
@@ -52,6 +53,7 @@ class Supernet(Pass):
     packages = ("torch", "transformers")
 
     def requires(self, inputs: PortFacts) -> None:
+        refuse_regression(inputs["model"].get("task"), "supernet")
         if "family" in inputs["model"] and inputs["model"]["family"] is None:  # refused before any step runs, with what was seen
             family_by_name(None, "a super-network", inputs["model"].get("family_refused"))
         if "dims" in inputs["model"]:  # the choices are checked against the model's shape before anything runs

@@ -123,6 +123,13 @@ def _search_store(store: Callable[[Inputs], Path]) -> Callable[[Inputs], list[st
     return build
 
 
+def _regression_supernet(i: Inputs) -> list[str]:
+    scores = i.csv([{"text": f"a film number {n}", "label": n / 10} for n in range(50)])
+    chain = steps(i.model, scores, {"task": "text-regression"})[:3]
+    chain[0]["config"]["task"] = "text-regression"
+    return i.recipe([*chain, {"id": "sn", "pass": "supernet", "inputs": {"model": "ft"}}])
+
+
 def _inspect(manifest: str | None) -> Callable[[Inputs], list[str]]:
     def build(i: Inputs) -> list[str]:
         run = i.tmp / "run"
@@ -203,6 +210,8 @@ CASES: list[tuple[str, str, Callable[[Inputs], list[str]], str]] = [
     ("where-unknown-column", "`where: {lang: en}` on data without `lang`", _data(lambda i: i.data, where={"lang": "en"}), "'where' names column 'lang'"),
     ("where-keeps-nothing", "`where` matching no row", _data(lambda i: i.data, where={"source": "nowhere"}), "no rows in"),
     ("fractions-bad", "fractions summing to 1.2", _data(lambda i: i.data, fractions=[0.8, 0.2, 0.2]), "fractions must be three positive numbers summing to 1"),
+    ("regression-label-text", "`task: text-regression` on labels `pos`/`neg`", _data(lambda i: i.data, task="text-regression"), "rows have a label in column 'label' that is not a finite number (rows 1, 2"),
+    ("regression-supernet", "a super-network of a text-regression model", _regression_supernet, "supernet does not take a text-regression model"),
     # training
     ("finetune-too-long", "fine-tuning 100-word texts at max_length 4,096 on a 64-position model", lambda i: i.recipe(steps(i.model, i.csv(sentences(100, text=" ".join(["film"] * 100))), finetune={"max_length": 4096})), "takes 64 positions, but max_length lets 102-token inputs through"),
     ("loss-explodes", "a learning rate of 1e30", lambda i: i.recipe(steps(i.model, i.data, finetune={"learning_rate": 1e30, "max_steps": 4})), "the loss became"),

@@ -45,7 +45,7 @@ def _folder(name: str, save_tiny):
 
 
 def _recipe(name: str, folder, data) -> dict:
-    task = family_for(name).task
+    task = family_for(name).tasks[0]
     return {
         "name": f"family-{name}", "threads": 2,
         "steps": [
@@ -72,9 +72,9 @@ def _outputs(model, handle: HFModel) -> torch.Tensor:
 def test_family_conformance(name, save_tiny, request, tmp_path):
     family = family_for(name)
     folder = _folder(name, save_tiny)
-    result = run_pipeline(_recipe(name, folder, request.getfixturevalue(DATA[family.task])), out=tmp_path, quiet=True)
+    result = run_pipeline(_recipe(name, folder, request.getfixturevalue(DATA[family.tasks[0]])), out=tmp_path, quiet=True)
     source = result.outputs["model"]
-    original = auto_class(family.task).from_pretrained(folder).eval()
+    original = auto_class(family.tasks[0]).from_pretrained(folder).eval()
 
     largest = result.outputs["largest"]
     assert (_outputs(load_torch_model(largest), largest) - _outputs(original, source)).abs().max() <= 1e-5

@@ -48,9 +48,11 @@ class ModelFamily:
     head_width_attributes: tuple[str, ...] = ()  # to query heads x head size
 
     @property
-    def task(self) -> str:
-        """The task tailorfit runs this family for."""
-        return "causal-lm" if self.kind == "decoder" else f"{self.modality}-classification"
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks tailorfit runs this family for."""
+        if self.kind == "decoder":
+            return ("causal-lm",)
+        return ("text-classification", "text-regression") if self.modality == "text" else (f"{self.modality}-classification",)
 
     def num_layers(self, config: Mapping[str, Any]) -> int:
         key = self.config_keys.layers

@@ -11,7 +11,7 @@ from tailorfit.pipeline.handles import Handle
 from tailorfit.pipeline.models.policy import QuantizationPolicy
 from tailorfit.pipeline.supernet.space import SearchSpace, SubnetConfig
 
-Task = Literal["text-classification", "causal-lm", "image-classification"]
+Task = Literal["text-classification", "text-regression", "causal-lm", "image-classification"]
 
 
 class Selection(BaseModel):

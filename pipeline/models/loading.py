@@ -15,7 +15,7 @@ from tailorfit.pipeline.families.discovery import FOUND, UnreadableStructure, di
 from tailorfit.pipeline.locations import read_json_object
 from tailorfit.pipeline.models.handles import HFModel
 
-TASKS = ("text-classification", "causal-lm", "image-classification")
+TASKS = ("text-classification", "text-regression", "causal-lm", "image-classification")
 ARCHITECTURE = "architecture.json"  # marks a sub-network folder written by the extract pass
 
 
@@ -50,6 +50,7 @@ def auto_class(task: str):
 
     return {
         "text-classification": tf.AutoModelForSequenceClassification,
+        "text-regression": tf.AutoModelForSequenceClassification,  # one output, trained with a squared error
         "causal-lm": tf.AutoModelForCausalLM,
         "image-classification": tf.AutoModelForImageClassification,
     }[task]
@@ -226,8 +227,8 @@ def model_facts(path: Path, task: str, config: dict[str, Any] | None = None) -> 
             family = found_family(path, config, task)
         except UnreadableStructure as refused:  # what its auto class loads, tailorfit runs whole; layer-wise steps refuse it
             return {"family": None, "model_type": config["model_type"], "task": task, "num_layers": None, "family_refused": refused.problem}
-    if task != family.task:
-        raise TailorfitError(f"task '{task}' does not fit a {family.name} model", f"use task: {family.task} for {family.name} models")
+    if task not in family.tasks:
+        raise TailorfitError(f"task '{task}' does not fit a {family.name} model", f"use task: {' or '.join(family.tasks)} for {family.name} models")
     facts = {"family": family.name, "model_type": config["model_type"], "task": task}
     if family.name.startswith(FOUND):
         facts["family_spec"] = family.spec()

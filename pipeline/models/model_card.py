@@ -51,6 +51,8 @@ def _quality(m: dict[str, Any]) -> str:
         return _fmt_ci(m["accuracy"], m.get("accuracy_ci95"))
     if "perplexity" in m:
         return f"perplexity {_fmt_ci(m['perplexity'], m.get('perplexity_ci95'), 1, '')}"
+    if "pearson" in m:
+        return f"Pearson {_fmt_ci(m['pearson'], m.get('pearson_ci95'), 1, '')}, Spearman {_fmt_ci(m['spearman'], m.get('spearman_ci95'), 1, '')}"
     return "not evaluated"
 
 
@@ -90,6 +92,9 @@ def model_card(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
             if "accuracy_change" in v:
                 d = v["accuracy_change"]
                 parts.append(f"accuracy {d['difference'] * 100:+.2f} pts (95% CI {d['ci_low'] * 100:+.2f}–{d['ci_high'] * 100:+.2f}, paired, n={d['n']})")
+            if "pearson_change" in v:
+                d = v["pearson_change"]
+                parts.append(f"Pearson {d['difference']:+.4f} (95% CI {d['ci_low']:+.4f}–{d['ci_high']:+.4f}, paired, n={d['n']})")
             versus.append(f"vs unpruned {name.upper()}: " + "; ".join(parts))
         lines.append(f"| {target} | {m['precision']} | {m['inference_precision']} | {_quality(m)} | {lat} | {m['size_mb']:.1f} | {'<br>'.join(versus) or '—'} |")
     selection = entry.get("selection")

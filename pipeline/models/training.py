@@ -21,6 +21,7 @@ from tailorfit.pipeline.contract import PassConfig, PassContext
 from tailorfit.pipeline.models.data import chunks, encode_rows, lm_windows, read_split
 from tailorfit.pipeline.errors import TailorfitError
 from tailorfit.pipeline.models.handles import Dataset
+from tailorfit.pipeline.models.regression import pearson
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -63,7 +64,8 @@ class TaskData:
             return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
         enc = encode_rows(self.preprocessor, rows, self.names, self.max_length)
         batch = {k: torch.as_tensor(v) for k, v in enc.items()}
-        batch["labels"] = torch.as_tensor([r["label"] for r in rows])
+        # a float target makes the model's loss a squared error (problem_type "regression")
+        batch["labels"] = torch.as_tensor([r["label"] for r in rows], dtype=torch.float32 if self.task == "text-regression" else None)
         return batch
 
     def length_report(self) -> dict[str, Any] | None:
@@ -80,18 +82,27 @@ class TaskData:
     def higher_is_better(self) -> bool:
         return self.task != "causal-lm"
 
+    @property
+    def score_name(self) -> str:
+        return {"causal-lm": "loss", "text-regression": "pearson"}.get(self.task, "accuracy")
+
     @torch.inference_mode()
     def validation_score(self, net: torch.nn.Module) -> float:
-        """Accuracy (classification) or mean loss (causal LM) on the validation split."""
+        """Accuracy (classification), Pearson's r (regression) or mean loss (causal LM) on the validation split."""
         was_training = net.training
         net.eval()
-        total, score = 0, 0.0
+        total, score, predicted = 0, 0.0, []
         for part in chunks(self.validation, 64):
             batch = self.batch(part)
             out = net(**batch)
-            score += out.loss.item() * len(part) if self.task == "causal-lm" else (out.logits.argmax(-1) == batch["labels"]).sum().item()
+            if self.task == "text-regression":
+                predicted.extend(out.logits[:, 0].tolist())
+            else:
+                score += out.loss.item() * len(part) if self.task == "causal-lm" else (out.logits.argmax(-1) == batch["labels"]).sum().item()
             total += len(part)
         net.train(was_training)
+        if self.task == "text-regression":
+            return pearson(np.array(predicted), np.array([r["label"] for r in self.validation]))
         return score / max(total, 1)
 
 

@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tailorfit.pipeline.models.regression import pearson
+
 
 def bootstrap_ci(values: np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic`` over per-example ``values``."""
@@ -39,6 +41,24 @@ def paired_change(predictions: str | Path, reference: str | Path, seed: int = 0)
 def _on_shared_ids(mine: dict[Any, float], theirs: dict[Any, float], seed: int) -> dict[str, float]:
     ids = sorted(set(mine) & set(theirs))
     return paired_difference(np.array([mine[i] for i in ids]), np.array([theirs[i] for i in ids]), seed=seed)
+
+
+def paired_pearson_change(predictions: str | Path, reference: str | Path, resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Pearson's r of one regression evaluate report minus another's, on the rows both hold, with the bootstrap
+    interval of that difference (rows resampled together, so both models are scored on each resample's rows)."""
+    def read(path: str | Path) -> dict[Any, tuple[float, float]]:
+        with open(path) as f:
+            return {r["id"]: (r["prediction"], r["label"]) for r in map(json.loads, f)}
+
+    mine, theirs = read(predictions), read(reference)
+    ids = sorted(set(mine) & set(theirs))
+    a, b, y = (np.array(v) for v in zip(*[(mine[i][0], theirs[i][0], mine[i][1]) for i in ids]))
+
+    def change(rows: np.ndarray) -> float:
+        return pearson(a[rows], y[rows]) - pearson(b[rows], y[rows])
+
+    low, high = bootstrap_ci(np.arange(len(ids)), statistic=change, resamples=resamples, seed=seed)
+    return {"difference": change(np.arange(len(ids))), "ci_low": low, "ci_high": high, "n": len(ids)}
 
 
 def format_change(d: dict[str, float]) -> str:
