@@ -1,11 +1,12 @@
 """LLaMA and the decoders that share its module layout (gated FFN, grouped-query attention): Mistral, Qwen2, Qwen3, and
-Gemma 1 and 2, whose extra norms, soft-capping and sliding windows sit outside the linears a search slices."""
+Gemma 1, 2 and 3 (text), whose extra norms (Gemma 3's per-head query and key norms share one weight across heads),
+soft-capping, sliding windows and local/global rope sit outside the linears a search slices."""
 from __future__ import annotations
 
 from tailorfit.pipeline.families import ConfigKeys, ModelFamily, register
 
 FAMILY = register(ModelFamily(
-    name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"), layers="layers",
+    name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"), layers="layers",
     groups={
         "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
         "attn_out": ("self_attn.o_proj",),
