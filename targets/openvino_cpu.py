@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tailorfit.pipeline.console import quiet_library
+
 from .base import Session, Target, dynamic_shapes, module_of, read_linear_map, write_linear_map
 
 _QUANTIZABLE = ("MatMul", "ScaledDotProductAttention")
@@ -51,6 +53,7 @@ class OpenVINOCPU(Target):
         import nncf
         import openvino as ov
 
+        quiet_library("nncf")
         model = _core().read_model(files[0])
         quantized = nncf.quantize(
             model, nncf.Dataset(list(calibration)), model_type=nncf.ModelType.TRANSFORMER, subset_size=size,

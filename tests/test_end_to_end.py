@@ -102,6 +102,26 @@ def test_mixed_policy_recipe_keeps_named_layers_fp32(tiny_bert, sentences_csv, t
     assert report["fp32_linears"] == 6 and report["int8_linears"] >= 6
 
 
+def test_a_run_log_holds_tailorfits_lines_and_no_third_party_noise(tiny_bert, sentences_csv, tmp_path):
+    """NNCF set its logger to INFO when imported after the run's logging setup (hundreds of lines naming the nodes a
+    mixed policy leaves unquantized) and drew progress bars on rich's global console; both stay out unless --debug."""
+    import yaml
+
+    recipe = classification_recipe(tiny_bert, sentences_csv, name="noise", targets=("openvino-cpu",), policy={"layers": {"1": "fp32"}})
+    recipe["steps"] = [s for s in recipe["steps"] if s["pass"] != "benchmark" and s["id"] != "package"]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    r = subprocess.run([sys.executable, "-m", "tailorfit.pipeline.cli", "run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = r.stdout + r.stderr
+    assert "openvino-int8: running quantize" in log
+    for noise in ("INFO:nncf", "Statistics collection", "Smooth Quant", "FutureWarning", "DeprecationWarning"):
+        assert noise not in log, noise
+    debug = subprocess.run([sys.executable, "-m", "tailorfit.pipeline.cli", "run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"),
+                            "--force", "openvino-int8", "--debug"], capture_output=True, text=True, timeout=900)
+    assert debug.returncode == 0 and "nncf" in debug.stdout + debug.stderr  # the same run with --debug shows what NNCF says
+
+
 def test_causal_lm_recipe_reports_perplexity(tiny_llama, text_jsonl, tmp_path, capsys):
     recipe = {
         "name": "lm", "threads": 2,
