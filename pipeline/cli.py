@@ -14,14 +14,17 @@ from rich.console import Console
 from tailorfit.pipeline.errors import TailorfitError
 
 
-def _cmd_run(args: argparse.Namespace) -> None:
+def _cmd_run(args: argparse.Namespace) -> int:
     from tailorfit.pipeline.inspect_run import print_run, wide_console
+    from tailorfit.pipeline.run_summary import run_summary
     from tailorfit.pipeline.runner import run_pipeline
 
     result = run_pipeline(args.recipe, out=args.out, cache_dir=args.cache, force=args.force, quiet=args.quiet, debug=args.debug, executor=args.executor)
     if not args.quiet:
         print_run(result.run_dir, wide_console(stderr=True))
-    print(result.run_dir)
+    summary = run_summary(result.run_dir)
+    print(json.dumps(summary, indent=1) if args.json else result.run_dir)
+    return summary["exit_code"]
 
 
 def _cmd_passes(args: argparse.Namespace) -> None:
@@ -74,7 +77,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", default=None, help="cache folder (default: $TAILORFIT_CACHE or OUT/.cache)")
     run.add_argument("--force", action="append", default=[], metavar="PASS", help="re-run this step or pass and everything after it (repeatable)")
     run.add_argument("--executor", default=None, metavar="SPEC",
-                     help="local, ray or ray://HOST:PORT: where parallel work (search candidates, the steps after the search) runs (default: the recipe's, else ray when $RAY_ADDRESS is set, else local)")
+                     help="local, local:N (N worker processes), ray or ray://HOST:PORT: where parallel work (search candidates, the steps after the search) runs (default: the recipe's, else ray when $RAY_ADDRESS is set, else local)")
+    run.add_argument("--json", action="store_true", help="print one JSON summary on stdout instead of the run folder (for pipelines)")
     run.set_defaults(func=_cmd_run)
     sub.add_parser("passes", parents=[common], help="list passes with their config fields").set_defaults(func=_cmd_passes)
     sub.add_parser("targets", parents=[common], help="list deployment targets").set_defaults(func=_cmd_targets)
@@ -91,7 +95,7 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     # a polite kill (a CI timeout, `kill`) unwinds like Ctrl-C: scratch folders go, the cache's partial folders stay
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        args.func(args)
+        code = args.func(args)
     except TailorfitError as err:
         if args.debug:
             raise
@@ -106,7 +110,7 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         print(f"tailorfit: error: {type(exc).__name__}: {first} — re-run with --debug for the traceback", file=sys.stderr)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

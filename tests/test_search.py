@@ -11,6 +11,7 @@ from io import StringIO
 import numpy as np
 import pytest
 import torch
+import yaml
 from rich.console import Console
 
 from conftest import cli_run_command, kill_when
@@ -20,7 +21,9 @@ from tailorfit.pipeline.search.store import EvaluationStore
 from tailorfit.pipeline.search.fake_quant import simulated_policy
 from tailorfit.pipeline.families import family_by_name
 from tailorfit.pipeline.search.genome import Genome
+from tailorfit.pipeline.cli import main
 from tailorfit.pipeline.inspect_run import print_run
+from tailorfit.pipeline.run_summary import run_summary
 from tailorfit.pipeline.models.policy import QuantizationPolicy
 from tailorfit.pipeline.supernet.space import LayerChoice, SearchSpace, SubnetConfig
 
@@ -220,9 +223,12 @@ def test_a_quick_search_measures_reports_and_packages_its_picks(searched):
     shown = StringIO()
     print_run(result.run_dir, Console(file=shown, width=300))
     assert "search 'search': linas, " in shown.getvalue() and search.front[0]["id"] in shown.getvalue()
+    summary = run_summary(result.run_dir)
+    assert summary["exit_code"] == 0 and summary["status"] == "done" and summary["steps"]["search"]["state"] in ("ran", "cached")
+    assert sorted(name for name, c in summary["candidates"].items() if c["from_search"]) == sorted(n for n, c in packaged.items() if "selection" in c)
 
 
-def test_a_constraint_nobody_meets_packages_nothing_and_says_so(searched, tiny_bert, sentences_csv):
+def test_a_constraint_nobody_meets_packages_nothing_and_says_so(searched, tiny_bert, sentences_csv, capsys):
     result, out = searched
     store = result.outputs["search"].path / "evaluations.sqlite"
     rows_before = sqlite3.connect(store).execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
@@ -235,6 +241,14 @@ def test_a_constraint_nobody_meets_packages_nothing_and_says_so(searched, tiny_b
     shown = StringIO()
     print_run(second.run_dir, Console(file=shown, width=300))
     assert "skipped: its input 'model' comes from skipped step(s) fastest" in shown.getvalue()
+    # a pipeline step learns it from the exit code and one JSON on stdout
+    (out / "impossible.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(out / "impossible.yaml"), "--out", str(out), "--json", "--quiet"]) == 3
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "no candidate met the constraints" and summary["steps"]["fastest"]["state"] == "skipped"
+    assert summary["steps"]["search"]["state"] == "cached" and list(summary["candidates"]) == ["tiny-fp32"]
+    packaged = json.loads((second.run_dir / "metrics.json").read_text())["tiny-fp32"]["targets"]["openvino-cpu"]
+    assert summary["candidates"]["tiny-fp32"]["targets"]["openvino-cpu"]["accuracy"] == packaged["accuracy"]
     # every candidate came from the warm-start store: nothing was measured again, not even the latency table
     assert sqlite3.connect(store).execute("SELECT COUNT(*) FROM candidates").fetchone()[0] == rows_before
     tables = [json.loads((r.outputs["search"].path / "latency_table.json").read_text()) for r in (result, second)]
