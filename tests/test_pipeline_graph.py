@@ -182,15 +182,16 @@ def test_what_the_recipe_and_model_config_decide_fails_before_anything_runs(tiny
 def made_data(tmp_path_factory) -> Path:
     """A folder holding the data the shipped recipes' headers say to make first."""
     folder = tmp_path_factory.mktemp("cwd")
-    load_sentence_pairs().main(str(folder / "artifacts/data/rt-sentence-pairs.jsonl"))
+    recipe_script("sentence_pairs").main(str(folder / "artifacts/data/rt-sentence-pairs.jsonl"))
+    recipe_script("sentiment_share").main(str(folder / "artifacts/data/rt-sentiment-share.jsonl"))
     return folder
 
 
-def load_sentence_pairs():
-    """recipes/sentence_pairs.py, the script that makes minilm-sentence-pairs.yaml's data (recipes/ is no package)."""
+def recipe_script(name: str):
+    """recipes/<name>.py, a script that makes a shipped recipe's data (recipes/ is no package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("sentence_pairs", Path(__file__).resolve().parent.parent / "recipes" / "sentence_pairs.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "recipes" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -198,8 +199,8 @@ def load_sentence_pairs():
 
 def test_sentence_pairs_are_balanced_seeded_rewordings_or_other_sentences_of_the_same_sentiment():
     rows = [{"text": f"sentence number {i} of the test set", "label": i % 2} for i in range(400)]
-    pairs = load_sentence_pairs().sentence_pairs(rows)
-    assert pairs == load_sentence_pairs().sentence_pairs(rows) and len(pairs) == 400 and all(p["first"] != p["second"] for p in pairs)
+    pairs = recipe_script("sentence_pairs").sentence_pairs(rows)
+    assert pairs == recipe_script("sentence_pairs").sentence_pairs(rows) and len(pairs) == 400 and all(p["first"] != p["second"] for p in pairs)
     assert 160 < sum(p["label"] == "paraphrase" for p in pairs) < 240
     for p in pairs:
         first, second = p["first"].split(), p["second"].split()
@@ -207,3 +208,16 @@ def test_sentence_pairs_are_balanced_seeded_rewordings_or_other_sentences_of_the
             assert len(second) == len(first) - 1 and sorted(second) != sorted(first) and set(second) <= set(first)
         else:
             assert int(first[2]) % 2 == int(second[2]) % 2  # another sentence, of the same sentiment
+
+
+def test_sentiment_share_deals_each_sentence_once_in_groups_labelled_by_their_positive_share():
+    rows = [{"text": f"sentence {i}.", "label": i % 3 == 0} for i in range(400)]
+    rows = [{**r, "label": "1" if r["label"] else "0"} for r in rows]
+    groups = recipe_script("sentiment_share").sentiment_share(rows)
+    assert groups == recipe_script("sentiment_share").sentiment_share(rows)
+    used = [int(word) for g in groups for word in g["text"].replace(".", "").split() if word.isdigit()]
+    assert sorted(used) == sorted(set(used)) and len(used) >= 395  # each sentence at most once; at most a last single one left out
+    for g in groups:
+        numbers = [int(w) for w in g["text"].replace(".", "").split() if w.isdigit()]
+        assert 2 <= g["sentences"] == len(numbers) <= 5
+        assert g["label"] == round(sum(n % 3 == 0 for n in numbers) / len(numbers), 4)
