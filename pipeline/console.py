@@ -26,8 +26,10 @@ _NOISY = ("openvino", "torch", "torchao", "transformers", "onnxscript", "onnxrun
 def setup_logging(quiet: bool = False, debug: bool = False) -> logging.Logger:
     log = logging.getLogger(LOG_NAME)
     log.handlers.clear()
-    handler = RichHandler(console=_console, show_path=debug, show_time=True, markup=False, rich_tracebacks=debug)
-    log.addHandler(handler)
+    if sys.stderr.isatty():
+        log.addHandler(RichHandler(console=_console, show_path=debug, show_time=True, markup=False, rich_tracebacks=debug))
+    else:  # a pipeline's log file: rich would wrap and pad every record to 80 columns
+        log.addHandler(_PlainHandler())
     log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     log.propagate = False
     for name in _NOISY:
@@ -50,6 +52,22 @@ def setup_logging(quiet: bool = False, debug: bool = False) -> logging.Logger:
     if (hub := sys.modules.get("huggingface_hub")) is not None:
         hub.utils.disable_progress_bars()
     return log
+
+
+class _PlainHandler(logging.StreamHandler):
+    """One line per record (time, level, message) on whatever ``sys.stderr`` is when the record is written."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass  # always the current sys.stderr: a test's capture, or a redirect made after setup
 
 
 def quiet_library(name: str) -> None:
