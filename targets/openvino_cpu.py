@@ -84,7 +84,9 @@ class OpenVINOCPU(Target):
         found: dict[str, str] = {}
         for op in self._compile(files, threads, inference_precision).get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
-            if "originalLayersNames" not in info.keys():
+            # only the op that multiplies: a dequantization pushed past a fused projection's split (Phi-3's Q|K|V) runs
+            # in f32 under the linear's name, after the int8 FullyConnected
+            if "originalLayersNames" not in info.keys() or info["layerType"].astype(str) not in ("FullyConnected", "MatMul"):
                 continue
             precision = _PRECISION.get(info["runtimePrecision"].astype(str), info["runtimePrecision"].astype(str))
             for original in info["originalLayersNames"].astype(str).split(","):

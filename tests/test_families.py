@@ -27,6 +27,8 @@ TINY = {
     "gemma2": lambda vocab: tf.Gemma2ForCausalLM(tf.Gemma2Config(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=64, sliding_window=32, eos_token_id=5, pad_token_id=0, bos_token_id=5)),
     # per-head RMS norms of queries and keys (one weight shared by the heads), local and global layers with their own rope
     "gemma3_text": lambda vocab: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=64, sliding_window=32, eos_token_id=5, pad_token_id=0, bos_token_id=5)),
+    # Q|K|V fused in one linear (grouped-query blocks of unequal size), gate|up in another
+    "phi3": lambda vocab: tf.Phi3ForCausalLM(tf.Phi3Config(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, eos_token_id=5, pad_token_id=0, bos_token_id=5)),
 }
 DATA = {"text-classification": "sentences_csv", "causal-lm": "text_jsonl", "image-classification": "digits_jsonl"}  # fixtures
 SUBNET = {"layers": [{"heads": 2, "ffn": 32}, {"keep": False, "heads": 4, "ffn": 64}, {"heads": 4, "ffn": 48}]}  # fewer layers, heads, FFN

@@ -30,6 +30,12 @@ def _model(kind: str):
     if kind == "llama":
         cfg = LlamaConfig(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128)
         return LlamaForCausalLM(cfg).eval()
+    if kind == "phi3":
+        from transformers import Phi3Config, Phi3ForCausalLM
+
+        cfg = Phi3Config(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                         rms_norm_eps=1e-6, pad_token_id=0)  # LLaMA's norm epsilon: the two compute the same from the same weights
+        return Phi3ForCausalLM(cfg).eval()
     if kind == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -59,7 +65,7 @@ def _logits(model, inputs):
     return model(**inputs).logits
 
 
-KINDS = ["bert", "llama", "vit", "gpt2"]
+KINDS = ["bert", "llama", "vit", "gpt2", "phi3"]
 
 
 @pytest.mark.parametrize("importance", ["magnitude", "activation"])
@@ -142,6 +148,37 @@ def test_grouped_query_heads_stay_in_whole_groups():
     assert dense.model.layers[0].self_attn.q_proj.out_features == 16 and dense.model.layers[0].self_attn.k_proj.out_features == 8
 
 
+@pytest.mark.parametrize("importance", ["magnitude", "activation"])
+def test_a_phi3_sub_network_computes_what_the_same_llama_sub_network_does(importance):
+    """Phi-3 is LLaMA with Q|K|V (blocks of unequal size under grouped-query attention) and gate|up each fused in one
+    linear, and its attention slices by a head count read from the config every layer shares: given the same weights,
+    the same sub-network of each must compute the same function, with each layer keeping its own heads and widths."""
+    llama, phi3 = _model("llama"), _model("phi3")
+    source = llama.state_dict()
+
+    def fused(key: str, parts: tuple[str, ...]) -> torch.Tensor:
+        prefix = key.rsplit(".", 2)[0]
+        return torch.cat([source[f"{prefix}.{part}.weight"] for part in parts])
+
+    phi3.load_state_dict({k: fused(k, ("q_proj", "k_proj", "v_proj")) if "qkv_proj" in k else fused(k, ("gate_proj", "up_proj")) if "gate_up_proj" in k
+                          else source[k] for k in phi3.state_dict()})
+    inputs = _inputs("llama")
+    assert (_logits(phi3, inputs) - _logits(llama, inputs)).abs().max() <= 1e-5
+    sub = SubnetConfig(layers=[LayerChoice(heads=2, ffn=32), LayerChoice(keep=False, heads=4, ffn=128), LayerChoice(heads=4, ffn=96)])
+    elastic = {}
+    for model in (llama, phi3):
+        elastic[model] = ElasticModel(model, family_for(model.config.model_type), default_space(model.config, ffn_step=32, min_layers=1))
+        elastic[model].reorder(elastic[model].importance([inputs] if importance == "activation" else None))
+        elastic[model].activate(sub)
+    expected = _logits(llama, inputs)
+    assert (_logits(llama, inputs) - _logits(_model("llama"), inputs)).abs().max() > 1e-3  # the sub-network is another function
+    assert (_logits(phi3, inputs) - expected).abs().max() <= 1e-5
+    dense = elastic[phi3].extract()
+    assert [layer.self_attn.qkv_proj.out_features for layer in dense.model.layers] == [32, 64]  # 2 query heads + 2 x 1 KV head, then 4 + 2 x 2, of 8
+    assert [layer.mlp.gate_up_proj.out_features for layer in dense.model.layers] == [64, 192]
+    assert (_logits(dense, inputs) - expected).abs().max() <= 1e-5
+
+
 def test_bad_subnet_configs_are_rejected():
     _, elastic = _elastic("bert")
     with pytest.raises(TailorfitError, match="FFN width 100 is not in the search space"):
@@ -152,7 +189,7 @@ def test_bad_subnet_configs_are_rejected():
         elastic.activate(SubnetConfig(layers=[LayerChoice(heads=4, ffn=128)] * 2))
 
 
-@pytest.mark.parametrize("kind", ["bert", "llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["bert", "llama", "gpt2", "phi3"])
 def test_analytic_cost_matches_a_counted_forward(kind):
     model, elastic = _elastic(kind)
     cost = CostModel.measure(elastic)
@@ -167,7 +204,7 @@ def test_analytic_cost_matches_a_counted_forward(kind):
         with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
             dense(input_ids=ids)
         counted = counter.get_total_flops() // 2
-        rotary = seq * elastic.space.head_dim // 2 if kind == "llama" else 0  # position x frequency outer product
+        rotary = seq * elastic.space.head_dim // 2 if kind in ("llama", "phi3") else 0  # position x frequency outer product
         assert counted - cost.macs(config, seq) == rotary
     embeddings = model.get_input_embeddings().weight.numel()
     assert cost.non_embedding_params(elastic.space.largest()) == cost.params(elastic.space.largest()) - cost.embedding_params

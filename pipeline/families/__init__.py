@@ -43,8 +43,10 @@ class ModelFamily:
     attention: str  # the attention module (relative to a layer) whose own products (QK^T, AV) follow the qkv precision
     config_keys: ConfigKeys
     inputs: tuple[str, ...] = ("input_ids", "attention_mask")
-    # attributes of the attention module that its forward reshapes by, rather than by -1: activate sets them
+    # attributes of the attention module that its forward reshapes or slices by, rather than by -1: activate sets them
+    # per layer ("config.x": on the layer's own copy of that object)
     head_count_attributes: tuple[str, ...] = ()  # to the query-head count
+    kv_head_count_attributes: tuple[str, ...] = ()  # to the KV-head count
     head_width_attributes: tuple[str, ...] = ()  # to query heads x head size
 
     @property
@@ -101,7 +103,7 @@ class ModelFamily:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> ModelFamily:
-        tuples = {k: tuple(spec[k]) for k in ("model_types", "inputs", "head_count_attributes", "head_width_attributes")}
+        tuples = {k: tuple(spec[k]) for k in ("model_types", "inputs", "head_count_attributes", "kv_head_count_attributes", "head_width_attributes")}
         return cls(**{**spec, **tuples, "groups": {g: tuple(v) for g, v in spec["groups"].items()}, "config_keys": ConfigKeys(**spec["config_keys"])})
 
     def classify(self, module: str) -> tuple[int, str, bool] | None:
@@ -159,6 +161,6 @@ def family_by_name(name: str | None, needed_for: str = "this step", seen: str | 
 
 
 # The family modules build on the base above and register in this order; a new family is one more name here.
-from tailorfit.pipeline.families import bert, vit, llama, gpt2, distilbert  # noqa: E402,F401
+from tailorfit.pipeline.families import bert, vit, llama, gpt2, distilbert, phi3  # noqa: E402,F401
 
 FAMILIES: tuple[ModelFamily, ...] = tuple(_registered)

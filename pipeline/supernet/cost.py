@@ -15,7 +15,7 @@ class CostModel(BaseModel):
     hidden: int
     head_dim: int
     group_size: int
-    up_projections: int  # 2 for gated FFNs (gate and up), else 1
+    up_projections: int  # 2 for gated FFNs (gate and up, apart or fused), else 1
     biases: dict[str, bool]  # qkv, attn_out, ffn_up, ffn_down
     layer_other_params: int  # norms and anything else per layer that does not shrink
     fixed_params: int  # embeddings, final norm, head
@@ -41,7 +41,7 @@ class CostModel(BaseModel):
                 else:
                     head_seq += m.in_features * m.out_features
         return cls(
-            hidden=s.hidden_size, head_dim=s.head_dim, group_size=s.group_size, up_projections=len(fam.groups["ffn_up"]),
+            hidden=s.hidden_size, head_dim=s.head_dim, group_size=s.group_size, up_projections=sum(len(m.blocks) for m in linear["ffn_up"]),
             biases={g: mods[0].bias is not None for g, mods in linear.items()},
             layer_other_params=layer_params - linear_params, fixed_params=total - layer_params * len(elastic.layers),
             embedding_params=fam.embedding_params(model), head_macs_per_token=head_tok, head_macs_per_sequence=head_seq,

@@ -7,6 +7,7 @@ for grouped-query attention) and FFN neurons first, so every prefix keeps the be
 """
 from __future__ import annotations
 
+import copy as copying
 from typing import Any, Iterable
 
 import torch
@@ -19,31 +20,44 @@ from tailorfit.pipeline.supernet.space import LayerChoice, SearchSpace, SubnetCo
 
 
 class ElasticLinear(nn.Module):
-    """A linear layer computing with the first ``active_out`` outputs and ``active_in`` inputs of its weight.
+    """A linear layer computing with a front part of its outputs and the first ``active_in`` inputs of its weight.
 
     Wraps ``nn.Linear`` and GPT-2's ``Conv1D`` (whose weight is stored transposed), sharing their
-    parameters. ``blocks`` > 1 marks a fused projection (GPT-2's Q|K|V): ``active_out`` then counts
-    outputs per block, taken from the front of each block.
+    parameters. ``blocks`` lists the output sizes of a fused projection (Q|K|V in GPT-2 and Phi-3, Phi-3's
+    gate|up): each block is narrowed from its own front (``narrow``) and reordered alike.
     """
 
-    def __init__(self, base: nn.Module, blocks: int = 1):
+    def __init__(self, base: nn.Module, blocks: tuple[int, ...] = ()):
         super().__init__()
         self.transposed = not isinstance(base, nn.Linear)
         self.weight, self.bias = base.weight, base.bias  # shared, not copied
         self.in_features, self.out_features = self.weight.shape if self.transposed else self.weight.shape[::-1]
-        self.blocks = blocks
-        self.active_in, self.active_out = self.in_features, self.out_features // blocks
+        self.blocks = tuple(blocks) or (self.out_features,)
+        if sum(self.blocks) != self.out_features:
+            raise ValueError(f"blocks {self.blocks} do not add up to the {self.out_features} outputs")
+        self.active_in, self.active = self.in_features, self.blocks
 
-    def out_index(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Indices of the active outputs (or of ``rows`` within each block) in the full weight."""
-        block = self.out_features // self.blocks
-        rows = torch.arange(self.active_out) if rows is None else rows
-        return (torch.arange(self.blocks)[:, None] * block + rows).flatten()
+    @property
+    def active_out(self) -> int:
+        return sum(self.active)
+
+    def narrow(self, *widths: int) -> None:
+        """Keep the first ``widths`` outputs of each block (one width: the same in every block)."""
+        self.active = widths * len(self.blocks) if len(widths) == 1 else widths
+
+    def out_index(self, rows: torch.Tensor | list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Indices in the full weight of the active outputs, or of ``rows`` within each block (one tensor for all)."""
+        if rows is None:
+            rows = [torch.arange(a) for a in self.active]
+        elif isinstance(rows, torch.Tensor):
+            rows = [rows] * len(self.blocks)
+        starts = torch.tensor((0, *self.blocks[:-1])).cumsum(0)
+        return torch.cat([start + r for start, r in zip(starts, rows)])
 
     def active_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight as out x in, bias) of the active part."""
         weight = self.weight.T if self.transposed else self.weight
-        if self.blocks == 1:
+        if len(self.blocks) == 1:
             rows_w, bias = weight[: self.active_out], None if self.bias is None else self.bias[: self.active_out]
         else:
             index = self.out_index()
@@ -54,8 +68,8 @@ class ElasticLinear(nn.Module):
         weight, bias = self.active_weight()
         return F.linear(x, weight, bias)
 
-    def permute_outputs(self, rows: torch.Tensor) -> None:
-        """Reorder outputs (the same permutation in every block)."""
+    def permute_outputs(self, rows: torch.Tensor | list[torch.Tensor]) -> None:
+        """Reorder outputs: a permutation for every block, or one for all."""
         full = self.out_index(rows)  # a permutation of every output: gather index
         if self.transposed:
             self.weight.copy_(self.weight[:, full])
@@ -75,9 +89,9 @@ class ElasticLinear(nn.Module):
         return (self.weight.abs().sum(1) if self.transposed else self.weight.abs().sum(0))
 
     def output_magnitude(self, block: int | None = None) -> torch.Tensor:
-        """L1 norm of the weight per output feature, of one block or summed over the blocks of a fused projection."""
-        per_out = (self.weight.abs().sum(0) if self.transposed else self.weight.abs().sum(1)).view(self.blocks, -1)
-        return per_out.sum(0) if block is None else per_out[block]
+        """L1 norm of the weight per output feature, of one block or summed over the (equal) blocks of a fused projection."""
+        per_block = (self.weight.abs().sum(0) if self.transposed else self.weight.abs().sum(1)).split(self.blocks)
+        return torch.stack(per_block).sum(0) if block is None else per_block[block]
 
     def dense(self) -> nn.Module:
         """A plain layer of the original kind holding a copy of the active part."""
@@ -134,9 +148,20 @@ class ElasticModel:
                     parent_rel, _, attr = rel.rpartition(".")
                     parent = layer.get_submodule(parent_rel) if parent_rel else layer
                     if not isinstance(getattr(parent, attr), ElasticLinear):
-                        fused = group == "qkv" and len(family.groups["qkv"]) == 1  # GPT-2's c_attn holds Q|K|V
-                        setattr(parent, attr, ElasticLinear(getattr(parent, attr), blocks=3 if fused else 1))
+                        setattr(parent, attr, ElasticLinear(getattr(parent, attr), self._blocks(group, getattr(parent, attr))))
+            _own_head_settings(layer.get_submodule(family.attention), family)
         self.active = space.largest()
+
+    def _blocks(self, group: str, linear: nn.Module) -> tuple[int, ...]:
+        """The output blocks of a fused projection: Q|K|V when one linear holds the group; gate|up when a gated FFN's
+        up linear is twice the FFN width (Phi-3)."""
+        s, fused = self.space, len(self.family.groups[group]) == 1
+        if group == "qkv" and fused:
+            return s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        weight = linear.weight.T if not isinstance(linear, nn.Linear) else linear.weight
+        if group == "ffn_up" and fused and weight.shape[0] == 2 * s.ffn_size:
+            return s.ffn_size, s.ffn_size
+        return ()
 
     def _linears(self, layer: nn.Module, group: str) -> list[ElasticLinear]:
         return [layer.get_submodule(rel) for rel in self.family.groups[group]]
@@ -149,21 +174,22 @@ class ElasticModel:
             q_width, kv_width = choice.heads * s.head_dim, choice.heads // s.group_size * s.head_dim
             qkv = self._linears(layer, "qkv")
             if len(qkv) == 1:
-                qkv[0].active_out = q_width
+                qkv[0].narrow(q_width, kv_width, kv_width)
             else:
                 q, k, v = qkv
-                q.active_out, k.active_out, v.active_out = q_width, kv_width, kv_width
+                q.narrow(q_width), k.narrow(kv_width), v.narrow(kv_width)
             for o in self._linears(layer, "attn_out"):
                 o.active_in = q_width
             for up in self._linears(layer, "ffn_up"):
-                up.active_out = choice.ffn
+                up.narrow(choice.ffn)
             for down in self._linears(layer, "ffn_down"):
                 down.active_in = choice.ffn
             attention = layer.get_submodule(self.family.attention)
-            for attr in self.family.head_count_attributes:
-                setattr(attention, attr, choice.heads)
-            for attr in self.family.head_width_attributes:
-                setattr(attention, attr, q_width)
+            for attrs, value in ((self.family.head_count_attributes, choice.heads), (self.family.kv_head_count_attributes, choice.heads // s.group_size),
+                                 (self.family.head_width_attributes, q_width)):
+                for attr in attrs:
+                    owner, _, name = attr.rpartition(".")
+                    setattr(_attribute(attention, owner), name, value)
         setattr(self._list_parent, self._list_attr, nn.ModuleList([self.layers[i] for i in config.kept()]))
         self.active = config
 
@@ -190,7 +216,7 @@ class ElasticModel:
                 q_per_group = s.group_size * s.head_dim
                 q_idx = (group_order[:, None] * q_per_group + torch.arange(q_per_group)).flatten()
                 qkv = self._linears(layer, "qkv")
-                qkv[0].permute_outputs(q_idx)
+                qkv[0].permute_outputs([q_idx, kv_idx, kv_idx] if len(qkv) == 1 else q_idx)
                 if len(qkv) == 3:
                     qkv[1].permute_outputs(kv_idx)
                     qkv[2].permute_outputs(kv_idx)
@@ -233,12 +259,25 @@ class ElasticModel:
 
         ``copy=False`` densifies this model itself (used when rebuilding a saved sub-network's structure).
         """
-        import copy as copying
-
         model = copying.deepcopy(self.model) if copy else self.model
         for layer in self.family.layer_list(model)[1]:  # holds only the kept layers, in order
             _densify(layer)
         return model
+
+
+def _attribute(obj: Any, dotted: str) -> Any:
+    for name in filter(None, dotted.split(".")):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _own_head_settings(attention: nn.Module, family: ModelFamily) -> None:
+    """Give a layer's attention its own copy of a settings object it reads head counts from (Phi-3 reads the query
+    head count from the model's config, which every layer shares), so each layer's count can differ."""
+    for attr in family.head_count_attributes + family.kv_head_count_attributes + family.head_width_attributes:
+        owner = attr.rpartition(".")[0]
+        if owner and "." not in owner:
+            setattr(attention, owner, copying.copy(getattr(attention, owner)))
 
 
 def _densify(module: nn.Module) -> None:

@@ -39,7 +39,7 @@ def magnitude_importance(layers: list[nn.Module], linears: Any, space: SearchSpa
     groups, neurons = [], []
     for layer in layers:
         qkv, (o,) = linears(layer, "qkv"), linears(layer, "attn_out")
-        v_rows = qkv[-1].output_magnitude(block=qkv[-1].blocks - 1)  # the V projection (last block if fused)
+        v_rows = qkv[-1].output_magnitude(block=len(qkv[-1].blocks) - 1)  # the V projection (last block if fused)
         groups.append(o.input_magnitude().view(space.num_kv_heads, -1).sum(1) + v_rows.view(space.num_kv_heads, -1).sum(1))
         ups, (down,) = linears(layer, "ffn_up"), linears(layer, "ffn_down")
         neurons.append(down.input_magnitude() * sum(u.output_magnitude() for u in ups))
