@@ -73,7 +73,8 @@ class _PlainHandler(logging.StreamHandler):
 def quiet_library(name: str) -> None:
     """Re-apply the run's level to a library that sets its own when first imported, after ``setup_logging`` (NNCF:
     INFO, one line for every node it leaves unquantized); its own handlers included."""
-    level = logging.DEBUG if logging.getLogger(LOG_NAME).isEnabledFor(logging.DEBUG) else logging.ERROR
+    # INFO, not DEBUG, under --debug: NNCF at DEBUG writes its quantizer-propagation graphs into the working folder
+    level = logging.INFO if logging.getLogger(LOG_NAME).isEnabledFor(logging.DEBUG) else logging.ERROR
     logger = logging.getLogger(name)
     logger.setLevel(level)
     for handler in logger.handlers:

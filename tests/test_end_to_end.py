@@ -122,8 +122,9 @@ def test_a_run_log_holds_tailorfits_lines_and_no_third_party_noise(tiny_bert, se
     for noise in ("INFO:nncf", "Statistics collection", "Smooth Quant", "FutureWarning", "DeprecationWarning"):
         assert noise not in log, noise
     debug = subprocess.run([sys.executable, "-m", "tailorfit.pipeline.cli", "run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"),
-                            "--force", "openvino-int8", "--debug"], capture_output=True, text=True, timeout=900)
+                            "--force", "openvino-int8", "--debug"], capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert debug.returncode == 0 and "nncf" in debug.stdout + debug.stderr  # the same run with --debug shows what NNCF says
+    assert not (tmp_path / "nncf_debug").exists()  # and writes nothing into the user's working folder
 
 
 def test_causal_lm_recipe_reports_perplexity(tiny_llama, text_jsonl, tmp_path, capsys):
