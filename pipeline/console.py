@@ -41,6 +41,9 @@ def setup_logging(quiet: bool = False, debug: bool = False) -> logging.Logger:
         # addressed to the libraries' developers, not to a user of them
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # torch sets its loggers' levels when first imported, after this, from this variable: errors only (torchao's
+        # start-up warnings about its own enum registrations otherwise open every run's log)
+        os.environ.setdefault("TORCH_LOGS", "-all")
     # rich shows tailorfit's own progress; Hugging Face's tqdm bars would interleave with it. Set through the
     # environment, read when those libraries are first imported, so the machinery imports none of them.
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
