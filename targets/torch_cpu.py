@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -16,7 +15,7 @@ from torch import nn
 from tailorfit.pipeline.errors import TailorfitError
 
 from .base import Capture, Session, Target, dynamic_shapes, module_of, read_linear_map, write_linear_map
-from .torch_weight_only import compress_linears
+from .torch_weight_only import compress_linears, neural_compressor_settings
 
 _LINEAR, _CONV1D = torch.ops.aten.linear.default, torch.ops.aten.addmm.default  # nn.Linear; GPT-2's Conv1D
 _MAPPED = (_LINEAR, _CONV1D, torch.ops.aten.scaled_dot_product_attention.default)
@@ -91,12 +90,7 @@ class TorchCPU(Target):
         return [path]
 
     def quantize(self, files: list[Path], keep_fp32: list[str], calibration: Iterable[dict[str, np.ndarray]], size: int, out_dir: Path) -> list[Path]:
-        from neural_compressor.common.utils.logger import Logger
-
-        # Neural Compressor sets its logger's level on import, after the CLI quieted library loggers, and warns while
-        # importing its torch part: apply the CLI's rule (errors only, everything under --debug) in between.
-        debug = logging.getLogger("tailorfit").getEffectiveLevel() <= logging.DEBUG
-        Logger().get_logger().setLevel(logging.DEBUG if debug else logging.ERROR)
+        neural_compressor_settings()  # before its torch part, which warns on import
         from neural_compressor.torch.quantization import StaticQuantConfig, convert, prepare
 
         program, meta = _load(files[0])

@@ -9,6 +9,8 @@ than a float linear; widening in the graph costs about what the float product do
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 
 import torch
 from torch import nn
@@ -48,15 +50,24 @@ class Int4WeightOnlyLinear(nn.Module):
         return F.linear(x, (q * self.scales[..., None]).reshape(out, -1), self.bias)
 
 
+def neural_compressor_settings() -> None:
+    """Apply the run's log rule to Neural Compressor (errors only, everything under --debug): it sets its logger's level
+    when imported, after the CLI quieted library loggers. Its workspace goes to the temporary folder: by default it
+    creates ``nc_workspace/<time>/`` in the user's working folder."""
+    from neural_compressor.common import set_workspace
+    from neural_compressor.common.utils.logger import Logger
+
+    debug = logging.getLogger("tailorfit").getEffectiveLevel() <= logging.DEBUG
+    Logger().get_logger().setLevel(logging.DEBUG if debug else logging.ERROR)
+    set_workspace(os.path.join(tempfile.gettempdir(), "tailorfit-nc_workspace"))
+
+
 def compress_linears(model: nn.Module, precisions: dict[str, str], group_size: int) -> nn.Module:
     """Round the weights of the named linears (module path -> ``int8``/``int4``) with Neural Compressor's RTN, in place.
 
     int8 is per output channel, int4 per group of ``group_size`` inputs; both symmetric. Other linears stay float.
     """
-    from neural_compressor.common.utils.logger import Logger
-
-    debug = logging.getLogger("tailorfit").getEffectiveLevel() <= logging.DEBUG
-    Logger().get_logger().setLevel(logging.DEBUG if debug else logging.ERROR)  # before its torch part, which warns on import
+    neural_compressor_settings()  # before its torch part, which warns on import
     from neural_compressor.torch.quantization import RTNConfig, convert, prepare
 
     modules = dict(model.named_modules())

@@ -221,7 +221,7 @@ def test_recipe_packages_a_loadable_torch_candidate(tiny_bert, sentences_csv, tm
 WEIGHT_ONLY_POLICY = {"default": "int4", "head": "fp32", "layers": {"0.ffn_down": "int8", "1.qkv": "fp32"}}
 
 
-def test_weight_only_policy_runs_int4_and_int8_kernels_layer_by_layer(tiny_llama, text_jsonl, tmp_path):
+def test_weight_only_policy_runs_int4_and_int8_kernels_layer_by_layer(tiny_llama, text_jsonl, tmp_path, monkeypatch):
     """Neural Compressor's RTN per the policy, stored as integers in the program: it computes exactly what NC's own
     (float-dequantizing) weight-only model computes, and stores fewer bytes."""
     from neural_compressor.torch.quantization import RTNConfig, convert, prepare
@@ -233,7 +233,9 @@ def test_weight_only_policy_runs_int4_and_int8_kernels_layer_by_layer(tiny_llama
         {"id": "wo", "pass": "quantize", "config": {"policy": WEIGHT_ONLY_POLICY, "scheme": "weight-only", "group_size": 32}},
         {"id": "wo-eval", "pass": "evaluate", "config": {"max_length": 32}},
     ]}
-    result = run_pipeline(recipe, out=tmp_path, quiet=True)
+    monkeypatch.chdir(tmp_path)
+    result = run_pipeline(recipe, out=tmp_path / "out", quiet=True)
+    assert not (tmp_path / "nc_workspace").exists()  # Neural Compressor's default workspace, in the user's working folder
     fp32, wo = result.outputs["fp32"], result.outputs["wo"]
     report = json.loads(wo.reports["precision"].read_text())
     # 2 layers x 7 linears + lm_head: layer 0's down_proj int8; layer 1's q, k, v and the head float; the rest int4
